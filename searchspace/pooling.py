@@ -1,0 +1,370 @@
+"""Pooling / downsampling placement spaces (Javan et al., "Balanced Mixture of SuperNets for
+Learning the CNN Pooling Architecture", AutoML-Conf 2023, arXiv 2306.11982).
+
+A network is a stem (layer 0) followed by ``num_layers - 1`` blocks. A configuration places
+``num_downsamples`` downsampling operations, each *before* one of the allowed layers. For the
+ResNet-20 space (stem + 9 basic blocks, 2 downsamplings before any block) that gives
+C(9, 2) = 36 configurations, written in the paper's notation ``[a, b, c]`` = number of layers
+at each resolution (the default ResNet-20 is ``[4, 3, 3]``).
+
+Everything here is pure Python: no torch, so spaces can be enumerated, sampled and stored
+anywhere (a Ray driver, a notebook, a config file).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Literal, Sequence
+
+DownsampleOp = Literal["maxpool", "avgpool", "conv"]
+BlockType = Literal["basic", "bottleneck"]
+WidthRule = Literal["by_layer", "by_stage"]
+
+DOWNSAMPLE_OPS: tuple[str, ...] = ("maxpool", "avgpool", "conv")
+BLOCK_TYPES: tuple[str, ...] = ("basic", "bottleneck")
+WIDTH_RULES: tuple[str, ...] = ("by_layer", "by_stage")
+SPACE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, order=True)
+class PoolingConfig:
+    """One placement: the (sorted) layer indices that get a downsampling right before them."""
+
+    positions: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"positions": list(self.positions)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "PoolingConfig":
+        if not isinstance(data, dict) or "positions" not in data:
+            raise ValueError(f"pooling config: expected an object with 'positions', got {data!r}")
+        positions = data["positions"]
+        if not isinstance(positions, list) or not all(isinstance(p, int) for p in positions):
+            raise ValueError(f"pooling config 'positions': expected a list of ints, got {positions!r}")
+        return cls(tuple(positions))
+
+
+@dataclass(frozen=True)
+class PoolingSpace:
+    """All placements of ``num_downsamples`` downsamplings in a CNN of ``len(widths)`` layers.
+
+    Args:
+        name: identifier stored in exported configs.
+        widths: output channels of every layer, stem first. With ``width_rule="by_layer"`` (the
+            BMS ResNet-20 space) a layer keeps its width wherever the pooling goes; with
+            ``"by_stage"`` (the BMS ResNet-50 space) ``widths`` has one entry per *stage*
+            (``num_downsamples + 1`` entries) and a layer takes the width of the stage it lands in.
+        num_downsamples: k, the number of downsampling operations.
+        downsample: "maxpool" (2x2, the BMS paper's), "avgpool" (2x2) or "conv" (the first
+            convolution of the block runs with stride 2).
+        block: "basic" (two 3x3 convs) or "bottleneck" (1x1-3x3-1x1, expansion 4).
+        first_position: the first layer that may receive a downsampling; layers before it form
+            the non-empty first stage. 1 means "any block after the stem".
+        num_blocks: number of blocks after the stem (only needed with ``width_rule="by_stage"``).
+        in_chans, num_classes: defaults for models built from this space.
+        default: the conventional placement (e.g. ResNet-20's [4, 3, 3]); marked on plots.
+    """
+
+    name: str
+    widths: tuple[int, ...]
+    num_downsamples: int
+    downsample: DownsampleOp = "maxpool"
+    block: BlockType = "basic"
+    width_rule: WidthRule = "by_layer"
+    first_position: int = 1
+    num_blocks: int | None = None
+    default: tuple[int, ...] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.downsample not in DOWNSAMPLE_OPS:
+            raise ValueError(f"space 'downsample': expected one of {DOWNSAMPLE_OPS}, got {self.downsample!r}")
+        if self.block not in BLOCK_TYPES:
+            raise ValueError(f"space 'block': expected one of {BLOCK_TYPES}, got {self.block!r}")
+        if self.width_rule not in WIDTH_RULES:
+            raise ValueError(f"space 'width_rule': expected one of {WIDTH_RULES}, got {self.width_rule!r}")
+        if any((not isinstance(w, int)) or w < 1 for w in self.widths):
+            raise ValueError(f"space 'widths': expected positive ints, got {self.widths!r}")
+        if self.num_downsamples < 0:
+            raise ValueError(f"space 'num_downsamples': expected >= 0, got {self.num_downsamples}")
+        if self.width_rule == "by_stage":
+            if self.num_blocks is None or self.num_blocks < 1:
+                raise ValueError("space 'num_blocks': required (>= 1) with width_rule='by_stage'")
+            if len(self.widths) != self.num_downsamples + 1:
+                raise ValueError(
+                    f"space 'widths': width_rule='by_stage' needs num_downsamples + 1 = "
+                    f"{self.num_downsamples + 1} stage widths, got {len(self.widths)}"
+                )
+        elif len(self.widths) < 2:
+            raise ValueError(f"space 'widths': need a stem and at least one block, got {self.widths!r}")
+        if not 1 <= self.first_position <= self.num_layers - 1:
+            raise ValueError(
+                f"space 'first_position': expected 1..{self.num_layers - 1}, got {self.first_position}"
+            )
+        if self.num_downsamples > self.num_positions:
+            raise ValueError(
+                f"space 'num_downsamples': {self.num_downsamples} downsamplings do not fit in "
+                f"{self.num_positions} positions (layers {self.first_position}..{self.num_layers - 1})"
+            )
+        if self.default is not None:
+            self.validate(PoolingConfig(tuple(self.default)))
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def num_layers(self) -> int:
+        """Stem plus blocks."""
+        if self.width_rule == "by_stage":
+            assert self.num_blocks is not None
+            return self.num_blocks + 1
+        return len(self.widths)
+
+    @property
+    def candidate_positions(self) -> tuple[int, ...]:
+        return tuple(range(self.first_position, self.num_layers))
+
+    @property
+    def num_positions(self) -> int:
+        return self.num_layers - self.first_position
+
+    def __len__(self) -> int:
+        return math.comb(self.num_positions, self.num_downsamples)
+
+    def layer_widths(self, config: PoolingConfig) -> tuple[int, ...]:
+        """Output channels of every layer (stem first) under ``config``."""
+        if self.width_rule == "by_layer":
+            return self.widths
+        stages = self.layer_stages(config)
+        return tuple(self.widths[s] for s in stages)
+
+    def layer_stages(self, config: PoolingConfig) -> tuple[int, ...]:
+        """Resolution stage (0 = full resolution) of every layer under ``config``."""
+        self.validate(config)
+        stage, stages = 0, []
+        for layer in range(self.num_layers):
+            if layer in config.positions:
+                stage += 1
+            stages.append(stage)
+        return tuple(stages)
+
+    def min_input_size(self) -> int:
+        """Smallest square input side that survives every downsampling (at least 1 pixel left)."""
+        return 2 ** self.num_downsamples
+
+    def check_input_size(self, input_size: int) -> None:
+        if input_size < self.min_input_size():
+            raise ValueError(
+                f"input_size {input_size} is too small for {self.num_downsamples} downsamplings: "
+                f"expected at least {self.min_input_size()}"
+            )
+
+    # ----------------------------------------------------------------- enumerate / index
+    def configurations(self) -> list[PoolingConfig]:
+        """All configurations, in index order (lexicographic order of the positions)."""
+        return list(self)
+
+    def __iter__(self) -> Iterator[PoolingConfig]:
+        for combo in itertools.combinations(self.candidate_positions, self.num_downsamples):
+            yield PoolingConfig(combo)
+
+    def index(self, config: PoolingConfig) -> int:
+        """Lexicographic rank of ``config`` among all configurations (combinatorial number system)."""
+        self.validate(config)
+        n, k = self.num_positions, self.num_downsamples
+        offsets = [p - self.first_position for p in config.positions]
+        rank, prev = 0, -1
+        for i, off in enumerate(offsets):
+            for skipped in range(prev + 1, off):
+                rank += math.comb(n - 1 - skipped, k - 1 - i)
+            prev = off
+        return rank
+
+    def config(self, index: int) -> PoolingConfig:
+        """Inverse of :meth:`index`."""
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self):
+            raise ValueError(f"configuration index: expected an int in 0..{len(self) - 1}, got {index!r}")
+        n, k = self.num_positions, self.num_downsamples
+        positions, start, remaining = [], 0, index
+        for i in range(k):
+            for off in range(start, n):
+                block = math.comb(n - 1 - off, k - 1 - i)
+                if remaining < block:
+                    positions.append(off + self.first_position)
+                    start = off + 1
+                    break
+                remaining -= block
+        return PoolingConfig(tuple(positions))
+
+    def sample(self, rng: random.Random) -> PoolingConfig:
+        """A uniformly random configuration drawn with the caller's seeded generator."""
+        return PoolingConfig(tuple(sorted(rng.sample(self.candidate_positions, self.num_downsamples))))
+
+    def default_config(self) -> PoolingConfig:
+        if self.default is not None:
+            return PoolingConfig(tuple(self.default))
+        return self.from_notation(_balanced_split(self.num_layers, self.num_downsamples + 1))
+
+    # ----------------------------------------------------------------- validate / notation
+    def validate(self, config: PoolingConfig) -> None:
+        """Raise ``ValueError`` naming the problem if ``config`` is not in this space."""
+        pos = config.positions
+        if len(pos) != self.num_downsamples:
+            raise ValueError(
+                f"pooling config 'positions': expected {self.num_downsamples} positions, got {len(pos)} ({list(pos)})"
+            )
+        if list(pos) != sorted(set(pos)):
+            raise ValueError(f"pooling config 'positions': expected strictly increasing, got {list(pos)}")
+        bad = [p for p in pos if not self.first_position <= p < self.num_layers]
+        if bad:
+            raise ValueError(
+                f"pooling config 'positions': {bad} outside {self.first_position}..{self.num_layers - 1}"
+            )
+
+    def notation(self, config: PoolingConfig) -> tuple[int, ...]:
+        """The paper's ``[a, b, c]``: layers per resolution, stem included in the first."""
+        self.validate(config)
+        bounds = (0, *config.positions, self.num_layers)
+        return tuple(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+
+    def from_notation(self, counts: Sequence[int]) -> PoolingConfig:
+        counts = list(counts)
+        if len(counts) != self.num_downsamples + 1 or any(c < 1 for c in counts) or sum(counts) != self.num_layers:
+            raise ValueError(
+                f"notation: expected {self.num_downsamples + 1} positive layer counts summing to "
+                f"{self.num_layers}, got {counts}"
+            )
+        config = PoolingConfig(tuple(itertools.accumulate(counts[:-1])))
+        self.validate(config)
+        return config
+
+    def parse_config(self, text: str) -> PoolingConfig:
+        """Parse a user's configuration: an index ("7"), notation ("4,3,3" or "[4,3,3]") or
+        positions ("p:4,7")."""
+        text = text.strip()
+        if text.startswith("p:"):
+            config = PoolingConfig(tuple(int(t) for t in text[2:].split(",") if t.strip()))
+            self.validate(config)
+            return config
+        stripped = text.strip("[]() ")
+        if "," in stripped:
+            try:
+                counts = [int(t) for t in stripped.split(",")]
+            except ValueError:
+                raise ValueError(f"configuration {text!r}: expected an index, 'a,b,c' or 'p:i,j'") from None
+            return self.from_notation(counts)
+        try:
+            return self.config(int(stripped))
+        except ValueError as err:
+            if stripped.lstrip("-").isdigit():
+                raise
+            raise ValueError(f"configuration {text!r}: expected an index, 'a,b,c' or 'p:i,j'") from err
+
+    def describe(self, config: PoolingConfig) -> str:
+        return "[" + ",".join(str(c) for c in self.notation(config)) + "]"
+
+    # ----------------------------------------------------------------- JSON
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["widths"] = list(self.widths)
+        data["default"] = list(self.default) if self.default is not None else None
+        data["kind"] = "pooling"
+        data["format_version"] = SPACE_FORMAT_VERSION
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> "PoolingSpace":
+        if not isinstance(data, dict):
+            raise ValueError(f"pooling space: expected a JSON object, got {type(data).__name__}")
+        if data.get("kind", "pooling") != "pooling":
+            raise ValueError(f"pooling space 'kind': expected 'pooling', got {data.get('kind')!r}")
+        version = data.get("format_version", SPACE_FORMAT_VERSION)
+        if version != SPACE_FORMAT_VERSION:
+            raise ValueError(f"pooling space 'format_version': expected {SPACE_FORMAT_VERSION}, got {version!r}")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known - {"kind", "format_version"}
+        if unknown:
+            raise ValueError(f"pooling space: unknown fields {sorted(unknown)}")
+        missing = {"name", "widths", "num_downsamples"} - set(data)
+        if missing:
+            raise ValueError(f"pooling space: missing fields {sorted(missing)}")
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["widths"] = tuple(kwargs["widths"])
+        if kwargs.get("default") is not None:
+            kwargs["default"] = tuple(kwargs["default"])
+        return cls(**kwargs)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True)
+
+    def with_options(self, **changes: Any) -> "PoolingSpace":
+        """A copy with some fields replaced (validated again)."""
+        data = asdict(self)
+        data.update(changes)
+        return PoolingSpace(**data)
+
+
+def _balanced_split(total: int, parts: int) -> list[int]:
+    """``total`` layers over ``parts`` stages, the remainder going to the first stages."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+# --------------------------------------------------------------------------- presets
+def resnet20_space(downsample: DownsampleOp = "maxpool", num_downsamples: int = 2) -> PoolingSpace:
+    """BMS's ResNet-20 space: stem + 9 basic blocks, widths fixed per layer, k = 2 -> 36 configs."""
+    return PoolingSpace(
+        name="resnet20",
+        widths=(16, 16, 16, 16, 32, 32, 32, 64, 64, 64),
+        num_downsamples=num_downsamples,
+        downsample=downsample,
+        default=(4, 7) if num_downsamples == 2 else None,
+    )
+
+
+def resnet18_space(downsample: DownsampleOp = "conv", width_scale: float = 0.25) -> PoolingSpace:
+    """BMS's ResNet-18-like space: stem + 8 basic blocks, k = 3 strided convs -> C(8,3) = 56.
+
+    Widths are fixed per layer (64, 64, 64, 128, 128, 256, 256, 512, 512 at full width);
+    ``width_scale`` shrinks them for CPU runs.
+    """
+    full = (64, 64, 64, 128, 128, 256, 256, 512, 512)
+    return PoolingSpace(
+        name="resnet18",
+        widths=tuple(max(1, int(round(w * width_scale))) for w in full),
+        num_downsamples=3,
+        downsample=downsample,
+        default=(3, 5, 7),
+    )
+
+
+def resnet50_space(downsample: DownsampleOp = "conv", width_scale: float = 0.25) -> PoolingSpace:
+    """BMS's ResNet-50-like space: 16 bottleneck blocks in 4 non-empty stages -> C(15,3) = 455.
+
+    Stage widths (bottleneck output channels, expansion 4) are 256/512/1024/2048 at full width;
+    the first block always sits in stage 1, so downsamplings go before blocks 2..16.
+    """
+    full = (256, 512, 1024, 2048)
+    return PoolingSpace(
+        name="resnet50",
+        widths=tuple(max(4, int(round(w * width_scale))) for w in full),
+        num_downsamples=3,
+        downsample=downsample,
+        block="bottleneck",
+        width_rule="by_stage",
+        num_blocks=16,
+        first_position=2,
+        default=(4, 8, 14),  # [3, 4, 6, 3] blocks, stem counted in the first stage
+    )
+
+
+SPACE_PRESETS = {"resnet20": resnet20_space, "resnet18": resnet18_space, "resnet50": resnet50_space}
+
+
+def create_space(name: str, **overrides: Any) -> PoolingSpace:
+    """Build a preset space by name; unknown names list the known ones."""
+    if name not in SPACE_PRESETS:
+        raise ValueError(f"space {name!r}: unknown, expected one of {sorted(SPACE_PRESETS)}")
+    return SPACE_PRESETS[name](**overrides)
