@@ -22,11 +22,9 @@ from typing import Any, Iterator, Literal, Sequence
 
 DownsampleOp = Literal["maxpool", "avgpool", "conv"]
 BlockType = Literal["basic", "bottleneck"]
-WidthRule = Literal["by_layer", "by_stage"]
 
 DOWNSAMPLE_OPS: tuple[str, ...] = ("maxpool", "avgpool", "conv")
 BLOCK_TYPES: tuple[str, ...] = ("basic", "bottleneck")
-WIDTH_RULES: tuple[str, ...] = ("by_layer", "by_stage")
 SPACE_FORMAT_VERSION = 1
 
 
@@ -55,18 +53,15 @@ class PoolingSpace:
 
     Args:
         name: identifier stored in exported configs.
-        widths: output channels of every layer, stem first. With ``width_rule="by_layer"`` (the
-            BMS ResNet-20 space) a layer keeps its width wherever the pooling goes; with
-            ``"by_stage"`` (the BMS ResNet-50 space) ``widths`` has one entry per *stage*
-            (``num_downsamples + 1`` entries) and a layer takes the width of the stage it lands in.
+        widths: output channels of every layer, stem first. As in the BMS ResNet-20 space, a
+            layer keeps its width wherever the pooling goes, so every configuration shares every
+            weight tensor exactly and only the spatial resolution changes.
         num_downsamples: k, the number of downsampling operations.
         downsample: "maxpool" (2x2, the BMS paper's), "avgpool" (2x2) or "conv" (the first
             convolution of the block runs with stride 2).
         block: "basic" (two 3x3 convs) or "bottleneck" (1x1-3x3-1x1, expansion 4).
         first_position: the first layer that may receive a downsampling; layers before it form
             the non-empty first stage. 1 means "any block after the stem".
-        num_blocks: number of blocks after the stem (only needed with ``width_rule="by_stage"``).
-        in_chans, num_classes: defaults for models built from this space.
         default: the conventional placement (e.g. ResNet-20's [4, 3, 3]); marked on plots.
     """
 
@@ -75,9 +70,7 @@ class PoolingSpace:
     num_downsamples: int
     downsample: DownsampleOp = "maxpool"
     block: BlockType = "basic"
-    width_rule: WidthRule = "by_layer"
     first_position: int = 1
-    num_blocks: int | None = None
     default: tuple[int, ...] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -85,21 +78,11 @@ class PoolingSpace:
             raise ValueError(f"space 'downsample': expected one of {DOWNSAMPLE_OPS}, got {self.downsample!r}")
         if self.block not in BLOCK_TYPES:
             raise ValueError(f"space 'block': expected one of {BLOCK_TYPES}, got {self.block!r}")
-        if self.width_rule not in WIDTH_RULES:
-            raise ValueError(f"space 'width_rule': expected one of {WIDTH_RULES}, got {self.width_rule!r}")
         if any((not isinstance(w, int)) or w < 1 for w in self.widths):
             raise ValueError(f"space 'widths': expected positive ints, got {self.widths!r}")
         if self.num_downsamples < 0:
             raise ValueError(f"space 'num_downsamples': expected >= 0, got {self.num_downsamples}")
-        if self.width_rule == "by_stage":
-            if self.num_blocks is None or self.num_blocks < 1:
-                raise ValueError("space 'num_blocks': required (>= 1) with width_rule='by_stage'")
-            if len(self.widths) != self.num_downsamples + 1:
-                raise ValueError(
-                    f"space 'widths': width_rule='by_stage' needs num_downsamples + 1 = "
-                    f"{self.num_downsamples + 1} stage widths, got {len(self.widths)}"
-                )
-        elif len(self.widths) < 2:
+        if len(self.widths) < 2:
             raise ValueError(f"space 'widths': need a stem and at least one block, got {self.widths!r}")
         if not 1 <= self.first_position <= self.num_layers - 1:
             raise ValueError(
@@ -117,9 +100,6 @@ class PoolingSpace:
     @property
     def num_layers(self) -> int:
         """Stem plus blocks."""
-        if self.width_rule == "by_stage":
-            assert self.num_blocks is not None
-            return self.num_blocks + 1
         return len(self.widths)
 
     @property
@@ -132,13 +112,6 @@ class PoolingSpace:
 
     def __len__(self) -> int:
         return math.comb(self.num_positions, self.num_downsamples)
-
-    def layer_widths(self, config: PoolingConfig) -> tuple[int, ...]:
-        """Output channels of every layer (stem first) under ``config``."""
-        if self.width_rule == "by_layer":
-            return self.widths
-        stages = self.layer_stages(config)
-        return tuple(self.widths[s] for s in stages)
 
     def layer_stages(self, config: PoolingConfig) -> tuple[int, ...]:
         """Resolution stage (0 = full resolution) of every layer under ``config``."""
@@ -340,21 +313,20 @@ def resnet18_space(downsample: DownsampleOp = "conv", width_scale: float = 0.25)
     )
 
 
-def resnet50_space(downsample: DownsampleOp = "conv", width_scale: float = 0.25) -> PoolingSpace:
+def resnet50_space(downsample: DownsampleOp = "conv", width_scale: float = 0.125) -> PoolingSpace:
     """BMS's ResNet-50-like space: 16 bottleneck blocks in 4 non-empty stages -> C(15,3) = 455.
 
-    Stage widths (bottleneck output channels, expansion 4) are 256/512/1024/2048 at full width;
-    the first block always sits in stage 1, so downsamplings go before blocks 2..16.
+    The first block always sits in stage 1, so downsamplings go before blocks 2..16. Widths are
+    fixed per layer as the default ResNet-50 has them (stem 64, then 3 x 256, 4 x 512, 6 x 1024,
+    3 x 2048 bottleneck outputs, expansion 4), scaled by ``width_scale`` for CPU runs.
     """
-    full = (256, 512, 1024, 2048)
+    full = (64,) + (256,) * 3 + (512,) * 4 + (1024,) * 6 + (2048,) * 3
     return PoolingSpace(
         name="resnet50",
         widths=tuple(max(4, int(round(w * width_scale))) for w in full),
         num_downsamples=3,
         downsample=downsample,
         block="bottleneck",
-        width_rule="by_stage",
-        num_blocks=16,
         first_position=2,
         default=(4, 8, 14),  # [3, 4, 6, 3] blocks, stem counted in the first stage
     )

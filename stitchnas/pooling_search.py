@@ -1,0 +1,261 @@
+"""The pooling-placement search, end to end: train a supernet, score every candidate on the
+search-validation split, compute the FLOPs-vs-accuracy Pareto front and export its members.
+
+Each stage persists its output before the next starts (supernet checkpoint per epoch, one
+results row per candidate), so ``resume=True`` continues an interrupted run where it stopped
+and ends with the same files an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from searchspace.pooling import PoolingConfig, PoolingSpace
+from stitchnas.data import DataSpec, DataSplits, load_data
+from stitchnas.export import export_model
+from stitchnas.flops import pooling_flops, pooling_params
+from stitchnas.front import RESULT_COLUMNS, FrontSummary, summarize_front
+from stitchnas.io import ResultsTable, file_sha256
+from stitchnas.runs import prepare_run_dir
+from supernet.evaluation import EvalConfig, accuracy, evaluate_path, prepare_path
+from supernet.networks import ModelSpec, PoolingSuperNet, build_supernet
+from supernet.training import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+SUPERNET_CHECKPOINT = "supernet.pt"
+RESULTS_FILE = "results.csv"
+
+
+@dataclass(frozen=True)
+class PoolingSearchConfig:
+    space: PoolingSpace
+    data: DataSpec = field(default_factory=DataSpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    max_candidates: int | None = None  # None: every configuration (exhaustive)
+    export_front: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_candidates is not None and self.max_candidates < 1:
+            raise ValueError(f"search 'max_candidates': expected >= 1 or None, got {self.max_candidates}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "pooling_search",
+            "space": self.space.to_json(),
+            "data": asdict(self.data),
+            "train": self.train.to_json(),
+            "eval": self.eval.to_json(),
+            "max_candidates": self.max_candidates,
+            "export_front": self.export_front,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PoolingSearchConfig":
+        if not isinstance(data, dict) or data.get("kind") != "pooling_search":
+            raise ValueError("run config: not a pooling search run (expected kind 'pooling_search')")
+        return cls(
+            space=PoolingSpace.from_json(data["space"]), data=DataSpec(**data["data"]),
+            train=TrainConfig(**data["train"]), eval=EvalConfig(**data["eval"]),
+            max_candidates=data.get("max_candidates"), export_front=data.get("export_front", True),
+        )
+
+
+@dataclass
+class SearchOutcome:
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    summary: FrontSummary
+    exports: list[Path]
+
+
+def select_candidates(space: PoolingSpace, max_candidates: int | None, seed: int) -> list[PoolingConfig]:
+    """Every configuration, or a seeded uniform subset (always including the default)."""
+    configs = space.configurations()
+    if max_candidates is None or max_candidates >= len(configs):
+        return configs
+    rng = random.Random(seed)
+    default = space.default_config()
+    chosen = {default} | set(rng.sample(configs, max_candidates - 1))
+    while len(chosen) < max_candidates:
+        chosen.add(rng.choice(configs))
+    return sorted(chosen, key=space.index)
+
+
+def candidate_row(space: PoolingSpace, config: PoolingConfig, data: DataSplits) -> dict[str, Any]:
+    """The FLOPs / params / identity columns of a results row (no accuracy yet)."""
+    return {
+        "candidate": str(space.index(config)),
+        "label": space.describe(config),
+        "config": ",".join(str(p) for p in config.positions),
+        "flops": pooling_flops(space, config, data.input_size, data.in_chans, data.num_classes),
+        "params": pooling_params(space, data.in_chans, data.num_classes),
+    }
+
+
+def evaluate_candidates(
+    rows_table: ResultsTable,
+    candidates: Sequence[PoolingConfig],
+    space: PoolingSpace,
+    data: DataSplits,
+    score: Callable[[PoolingConfig], float],
+    progress: bool = True,
+) -> None:
+    """Score each candidate not yet in the table; a failing candidate is recorded, not fatal."""
+    done = rows_table.done_keys("candidate")
+    todo = [c for c in candidates if str(space.index(c)) not in done]
+    if len(todo) < len(candidates):
+        log.info("%d of %d candidates already evaluated", len(candidates) - len(todo), len(candidates))
+    for config in tqdm(todo, desc="candidates", unit="cand", disable=not progress, leave=False):
+        row = candidate_row(space, config, data)
+        start = time.perf_counter()
+        try:
+            row.update(val_acc=float(score(config)), status="ok", error="")
+        except (RuntimeError, ValueError, FloatingPointError) as err:
+            row.update(val_acc=float("nan"), status="failed", error=f"{type(err).__name__}: {err}")
+            log.warning("candidate %s failed: %s", row["label"], row["error"])
+        row["seconds"] = round(time.perf_counter() - start, 4)
+        rows_table.append(row)
+
+
+def export_pooling_candidate(
+    folder: Path,
+    supernet: PoolingSuperNet,
+    space: PoolingSpace,
+    config: PoolingConfig,
+    data: DataSplits,
+    cfg: PoolingSearchConfig,
+    provenance: dict[str, Any],
+    search_val_acc: float | None = None,
+) -> Path:
+    """Export one configuration's standalone network with supernet weights.
+
+    BatchNorm statistics are always re-estimated for the exported path (deployment runs in
+    eval mode, whatever mode the search scored with). The recorded accuracies are measured on
+    the exported module itself, so ``load_model`` reproduces them exactly.
+    """
+    model = prepare_path(supernet, config, data.search_train, replace(cfg.eval, bn_mode="recalibrate"))
+    return _export_pooling_model(folder, model, space, config, data, cfg.eval, provenance,
+                                 {"search_val_acc": search_val_acc})
+
+
+def _export_pooling_model(folder: Path, model: nn.Module, space: PoolingSpace, config: PoolingConfig,
+                          data: DataSplits, eval_cfg: EvalConfig, provenance: dict[str, Any],
+                          extra_metrics: dict[str, Any]) -> Path:
+    metrics = {
+        **{k: v for k, v in extra_metrics.items() if v is not None},
+        "val_acc": accuracy(model, data.search_val, eval_cfg.batch_size, eval_cfg.device),
+        "test_acc": accuracy(model, data.test, eval_cfg.batch_size, eval_cfg.device),
+    }
+    body = {
+        "space": space.to_json(),
+        "config": config.to_json(),
+        "notation": list(space.notation(config)),
+        "model": {"spec": {"in_chans": data.in_chans, "num_classes": data.num_classes}, "input_size": data.input_size},
+        "flops": pooling_flops(space, config, data.input_size, data.in_chans, data.num_classes),
+        "params": pooling_params(space, data.in_chans, data.num_classes),
+        "metrics": metrics,
+    }
+    export_model(folder, model, "pooling", body, provenance)
+    return folder
+
+
+def data_provenance(spec: DataSpec) -> dict[str, Any]:
+    return {"dataset": spec.name, "data_dir": spec.data_dir, "input_size": spec.input_size, "seed": spec.seed}
+
+
+def export_dir_name(space: PoolingSpace, config: PoolingConfig) -> str:
+    return f"{space.index(config):04d}_" + "-".join(str(c) for c in space.notation(config))
+
+
+def run_pooling_search(
+    cfg: PoolingSearchConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+    score_fn: Callable[[PoolingSuperNet, DataSplits], Callable[[PoolingConfig], float]] | None = None,
+) -> SearchOutcome:
+    """Run (or resume) a one-shot pooling search and write its files into ``out_dir``.
+
+    ``score_fn`` replaces the in-process candidate scorer (the Ray Tune path plugs in here).
+    """
+    out = prepare_run_dir(out_dir, cfg.to_json(), resume)
+    data = load_data(cfg.data)
+    cfg.space.check_input_size(data.input_size)
+    log.info("data: %s", data.describe())
+    torch.manual_seed(cfg.train.seed)
+    supernet = build_supernet(cfg.space, ModelSpec(data.in_chans, data.num_classes))
+    ckpt = out / SUPERNET_CHECKPOINT
+    train(supernet, data.search_train, cfg.train, choose_path=supernet.sample_active,
+          checkpoint_path=ckpt, resume=resume, desc="supernet", progress=progress, on_step=on_step)
+    log.info("supernet checkpoint: %s", ckpt)
+
+    table = ResultsTable(out / RESULTS_FILE, RESULT_COLUMNS)
+    candidates = select_candidates(cfg.space, cfg.max_candidates, cfg.train.seed)
+    if score_fn is not None:
+        score = score_fn(supernet, data)
+    else:
+        def score(config: PoolingConfig) -> float:
+            return evaluate_path(supernet, config, data.search_train, data.search_val, cfg.eval)
+    evaluate_candidates(table, candidates, cfg.space, data, score, progress)
+    log.info("results: %s", out / RESULTS_FILE)
+
+    rows = table.rows()
+    default = str(cfg.space.index(cfg.space.default_config()))
+    summary = summarize_front(rows, out, default_candidate=default,
+                              title=f"{cfg.space.name} pooling placements on {data.name}")
+    exports: list[Path] = []
+    if cfg.export_front:
+        provenance = {**data_provenance(cfg.data), "source": "supernet", "run_dir": str(out.resolve()),
+                      "checkpoint_sha256": file_sha256(ckpt)}
+        for row in summary.front:
+            config = cfg.space.config(int(row["candidate"]))
+            folder = out / "exports" / export_dir_name(cfg.space, config)
+            exports.append(export_pooling_candidate(folder, supernet, cfg.space, config, data, cfg,
+                                                    provenance, search_val_acc=row["val_acc"]))
+        log.info("exported %d Pareto-optimal models to %s", len(exports), out / "exports")
+    log.info("Pareto front: %s (%d of %d candidates)", out / "pareto.json", len(summary.front), len(rows))
+    return SearchOutcome(out, rows, summary, exports)
+
+
+def train_standalone(
+    space: PoolingSpace,
+    config: PoolingConfig,
+    data_spec: DataSpec,
+    train_cfg: TrainConfig,
+    out_dir: str | Path,
+    eval_cfg: EvalConfig = EvalConfig(),
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train one configuration from scratch and export it (ground truth and deployment)."""
+    from supernet.networks import build_model
+
+    run_config = {"kind": "pooling_train", "space": space.to_json(), "config": config.to_json(),
+                  "data": asdict(data_spec), "train": train_cfg.to_json()}
+    out = prepare_run_dir(out_dir, run_config, resume)
+    data = load_data(data_spec)
+    space.check_input_size(data.input_size)
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(space, config, ModelSpec(data.in_chans, data.num_classes))
+    ckpt = out / "model_checkpoint.pt"
+    train(model, data.train, train_cfg, checkpoint_path=ckpt, resume=resume,
+          desc=f"train {space.describe(config)}", progress=progress)
+    provenance = {**data_provenance(data_spec), "source": "standalone", "run_dir": str(out.resolve()),
+                  "checkpoint_sha256": file_sha256(ckpt)}
+    folder = out / "model"
+    _export_pooling_model(folder, model, space, config, data, eval_cfg, provenance, {})
+    log.info("trained model exported to %s", folder)
+    return folder
+

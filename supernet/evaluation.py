@@ -1,0 +1,126 @@
+"""Evaluating networks and supernet paths, with BatchNorm statistics handled per configuration.
+
+A supernet's BatchNorm running statistics are a blend over every path it trained, so they fit
+no single configuration. Two remedies:
+
+* ``"recalibrate"``: reset the statistics of the exported path and re-estimate them over a few
+  training batches (Once-for-All, BigNAS), then evaluate in eval mode;
+* ``"batch"``: evaluate with each batch's own statistics, as the BMS code does
+  (``track_running_stats=False``).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from typing import Iterator, Literal
+
+import torch
+from torch import nn
+
+from searchspace.pooling import PoolingConfig
+from supernet.training import TensorBatches, autocast, epoch_generator, resolve_device
+
+BNMode = Literal["recalibrate", "batch"]
+BN_MODES: tuple[str, ...] = ("recalibrate", "batch")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    bn_mode: BNMode = "recalibrate"
+    calib_batches: int = 8
+    calib_batch_size: int = 64
+    batch_size: int = 256
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.bn_mode not in BN_MODES:
+            raise ValueError(f"eval config 'bn_mode': expected one of {BN_MODES}, got {self.bn_mode!r}")
+        if self.calib_batches < 1 or self.batch_size < 1 or self.calib_batch_size < 1:
+            raise ValueError("eval config: 'calib_batches', 'calib_batch_size' and 'batch_size' must be >= 1")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: torch.utils.data.TensorDataset, batch_size: int = 256,
+             device: str | torch.device = "cpu", amp: bool = True, batch_stats: bool = False) -> float:
+    """Top-1 accuracy in percent, in eval mode (BatchNorm with per-batch statistics if
+    ``batch_stats``)."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    model.to(device).eval()
+    batches = TensorBatches(data, device)
+    correct = 0
+    with batch_statistics(model) if batch_stats else nullcontext():
+        for x, y in batches.iterate(batch_size):
+            with autocast(device, amp):
+                correct += int((model(x).argmax(1) == y).sum())
+    return 100.0 * correct / max(1, len(batches))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: torch.utils.data.TensorDataset, num_batches: int,
+                          batch_size: int, seed: int = 0, device: torch.device | None = None) -> None:
+    """Replace running statistics by their exact average over ``num_batches`` random batches."""
+    device = device or next(model.parameters()).device
+    bns = _batchnorms(model)
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average instead of an exponential one
+    model.train()
+    batches = TensorBatches(data, device)
+    gen = epoch_generator(seed, 0, stream=1)
+    for i, (x, _) in enumerate(batches.iterate(batch_size, gen, drop_last=True)):
+        if i >= num_batches:
+            break
+        model(x)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    model.eval()
+
+
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Evaluate with per-batch BatchNorm statistics without touching the running ones."""
+    bns = _batchnorms(model)
+    saved = [(bn.training, bn.momentum) for bn in bns]
+    try:
+        for bn in bns:
+            bn.train()
+            bn.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+        yield
+    finally:
+        for bn, (training, momentum) in zip(bns, saved):
+            bn.train(training)
+            bn.momentum = momentum
+
+
+def prepare_path(supernet: nn.Module, config: PoolingConfig, calib_data: torch.utils.data.TensorDataset,
+                 cfg: EvalConfig) -> nn.Module:
+    """The standalone network of ``config`` with supernet weights and BatchNorm handled per ``cfg``.
+
+    With ``"recalibrate"`` the returned model carries statistics fitted to this configuration,
+    which is also what an exported model should carry.
+    """
+    supernet.set_active(config)
+    model = supernet.export_active()
+    if cfg.bn_mode == "recalibrate":
+        recalibrate_batchnorm(model, calib_data, cfg.calib_batches, cfg.calib_batch_size, cfg.seed)
+    return model
+
+
+@torch.no_grad()
+def evaluate_path(supernet: nn.Module, config: PoolingConfig, calib_data: torch.utils.data.TensorDataset,
+                  val_data: torch.utils.data.TensorDataset, cfg: EvalConfig) -> float:
+    """Validation accuracy (percent) of one configuration under supernet weights."""
+    device = resolve_device(cfg.device)
+    supernet.to(device)
+    model = prepare_path(supernet, config, calib_data, cfg)
+    return accuracy(model, val_data, cfg.batch_size, device, batch_stats=cfg.bn_mode == "batch")

@@ -1,0 +1,167 @@
+"""Pooling-placement CNNs: a plain standalone network and the weight-sharing supernet.
+
+Both are built from a :class:`~searchspace.pooling.PoolingSpace`. Layer ``i`` of either network
+is ``layers.i`` with a ``pool`` (pooling downsampling) and a ``block``; the stem is layer 0.
+Parameter and buffer names are identical, so :meth:`PoolingSuperNet.export_active` is a plain
+``load_state_dict`` into :func:`build_model`'s network (Once-for-All's ``get_active_subnet``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from searchspace.pooling import PoolingConfig, PoolingSpace
+from supernet.layers import BLOCKS, ConvStem
+from supernet.ops import SwitchablePool, SwitchableStrideConv2d, make_pool
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a network needs to know about its data."""
+
+    in_chans: int = 1
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.in_chans < 1:
+            raise ValueError(f"model 'in_chans': expected >= 1, got {self.in_chans}")
+        if self.num_classes < 2:
+            raise ValueError(f"model 'num_classes': expected >= 2, got {self.num_classes}")
+
+
+class _PoolingCNNBase(nn.Module):
+    """Shared stem / head plumbing with timm's forward split."""
+
+    def __init__(self, space: PoolingSpace, spec: ModelSpec) -> None:
+        super().__init__()
+        self.space = space
+        self.spec = spec
+        self.num_classes = spec.num_classes
+        self.stem = ConvStem(spec.in_chans, space.widths[0])
+        self.layers = nn.ModuleList()
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = space.widths[-1]
+        self.fc = nn.Linear(self.num_features, spec.num_classes)
+
+    def init_weights(self) -> None:
+        """Kaiming-normal convolutions (fan-out, as timm's ResNet) and zero-initialised last
+        BatchNorm of every residual block."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for layer in self.layers:
+            layer.block.zero_init_last()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x).flatten(1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class PoolingLayer(nn.Module):
+    """One layer: an optional pooling downsampling, then a residual block."""
+
+    def __init__(self, pool: nn.Module, block: nn.Module) -> None:
+        super().__init__()
+        self.pool = pool
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(self.pool(x))
+
+
+class PoolingNet(_PoolingCNNBase):
+    """A standalone network for one placement: only the chosen path, no switching logic."""
+
+    def __init__(self, space: PoolingSpace, config: PoolingConfig, spec: ModelSpec = ModelSpec()) -> None:
+        super().__init__(space, spec)
+        space.validate(config)
+        self.config = config
+        block_cls = BLOCKS[space.block]
+        for i in range(1, space.num_layers):
+            downsampled = i in config.positions
+            pooled = downsampled and space.downsample != "conv"
+            stride = 2 if downsampled and space.downsample == "conv" else 1
+            pool = make_pool(space.downsample) if pooled else nn.Identity()
+            block = block_cls(space.widths[i - 1], space.widths[i], stride=stride)
+            self.layers.append(PoolingLayer(pool, block))
+        self.init_weights()
+
+
+class _SwitchablePoolingLayer(PoolingLayer):
+    def set_downsampled(self, downsampled: bool, op: str) -> None:
+        if op == "conv":
+            self.block.set_stride(2 if downsampled else 1)
+        else:
+            self.pool.active = downsampled
+
+
+class PoolingSuperNet(_PoolingCNNBase):
+    """One set of weights that runs every placement of its space (SPOS-style one-shot).
+
+    ``set_active(config)`` switches the path; the forward pass then runs only that path, so a
+    training step costs what the standalone network's step costs.
+    """
+
+    def __init__(self, space: PoolingSpace, spec: ModelSpec = ModelSpec()) -> None:
+        super().__init__(space, spec)
+        block_cls = BLOCKS[space.block]
+        conv_cls = SwitchableStrideConv2d if space.downsample == "conv" else nn.Conv2d
+        for i in range(1, space.num_layers):
+            pool: nn.Module = SwitchablePool(space.downsample) if space.downsample != "conv" else nn.Identity()
+            block = block_cls(space.widths[i - 1], space.widths[i], stride=1, conv=conv_cls)
+            self.layers.append(_SwitchablePoolingLayer(pool, block))
+        self.init_weights()
+        self.active: PoolingConfig | None = None
+        self.set_active(space.default_config())
+
+    def set_active(self, config: PoolingConfig) -> None:
+        """Activate one placement for the following forward passes."""
+        self.space.validate(config)
+        for i, layer in enumerate(self.layers, start=1):
+            layer.set_downsampled(i in config.positions, self.space.downsample)
+        self.active = config
+
+    def sample_active(self, rng: random.Random) -> PoolingConfig:
+        """Activate a uniformly random placement and return it."""
+        config = self.space.sample(rng)
+        self.set_active(config)
+        return config
+
+    def active_config(self) -> dict[str, Any]:
+        assert self.active is not None
+        return self.active.to_json()
+
+    def export_active(self, preserve_weight: bool = True) -> PoolingNet:
+        """A standalone network for the active placement, with the supernet's weights copied."""
+        assert self.active is not None
+        model = build_model(self.space, self.active, self.spec)
+        if preserve_weight:
+            model.load_state_dict(self.state_dict())
+        return model.to(next(self.parameters()).device)
+
+
+def build_model(space: PoolingSpace, config: PoolingConfig, spec: ModelSpec = ModelSpec()) -> PoolingNet:
+    """The plain ``nn.Module`` for one placement (ground truth training and deployment)."""
+    return PoolingNet(space, config, spec)
+
+
+def build_supernet(space: PoolingSpace, spec: ModelSpec = ModelSpec()) -> PoolingSuperNet:
+    return PoolingSuperNet(space, spec)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
