@@ -72,6 +72,33 @@ class PoolingSearchConfig:
 
 
 @dataclass
+class EvaluationContext:
+    """Everything a candidate-evaluation stage needs; it appends one row per candidate to
+    ``table`` (see :data:`stitchnas.front.RESULT_COLUMNS`) and may skip rows already there."""
+
+    space: PoolingSpace
+    supernet: PoolingSuperNet
+    data: DataSplits
+    cfg: "PoolingSearchConfig"
+    table: ResultsTable
+    candidates: list[PoolingConfig]
+    out_dir: Path
+    progress: bool = True
+
+
+EvaluationStage = Callable[[EvaluationContext], None]
+
+
+def in_process_stage(ctx: EvaluationContext) -> None:
+    """The default stage: score every candidate in this process, one after another."""
+
+    def score(config: PoolingConfig) -> float:
+        return evaluate_path(ctx.supernet, config, ctx.data.search_train, ctx.data.search_val, ctx.cfg.eval)
+
+    evaluate_candidates(ctx.table, ctx.candidates, ctx.space, ctx.data, score, ctx.progress)
+
+
+@dataclass
 class SearchOutcome:
     out_dir: Path
     rows: list[dict[str, Any]]
@@ -184,11 +211,11 @@ def run_pooling_search(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
-    score_fn: Callable[[PoolingSuperNet, DataSplits], Callable[[PoolingConfig], float]] | None = None,
+    stage: EvaluationStage = in_process_stage,
 ) -> SearchOutcome:
     """Run (or resume) a one-shot pooling search and write its files into ``out_dir``.
 
-    ``score_fn`` replaces the in-process candidate scorer (the Ray Tune path plugs in here).
+    ``stage`` evaluates the candidates (in process by default; the Ray Tune path plugs in here).
     """
     out = prepare_run_dir(out_dir, cfg.to_json(), resume)
     data = load_data(cfg.data)
@@ -203,12 +230,7 @@ def run_pooling_search(
 
     table = ResultsTable(out / RESULTS_FILE, RESULT_COLUMNS)
     candidates = select_candidates(cfg.space, cfg.max_candidates, cfg.train.seed)
-    if score_fn is not None:
-        score = score_fn(supernet, data)
-    else:
-        def score(config: PoolingConfig) -> float:
-            return evaluate_path(supernet, config, data.search_train, data.search_val, cfg.eval)
-    evaluate_candidates(table, candidates, cfg.space, data, score, progress)
+    stage(EvaluationContext(cfg.space, supernet, data, cfg, table, candidates, out, progress))
     log.info("results: %s", out / RESULTS_FILE)
 
     rows = table.rows()
