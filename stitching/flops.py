@@ -1,0 +1,165 @@
+"""FLOPs of stitched configurations in fvcore's convention (one multiply-add = one FLOP), the
+convention of SN-Net's published numbers (``evaluate_snnet`` counts each configuration with
+``fvcore.nn.FlopCountAnalysis`` on a 1x3x224x224 input).
+
+What fvcore counts (``fvcore/nn/jit_handles.py``, ``flop_count.py``), and so what the analytic
+count below adds up:
+
+* convolution: ``C_out * H_out * W_out * C_in * k * k`` (bias ignored);
+* ``aten::linear`` / ``matmul``: input numel x output features, i.e. ``q @ k^T`` and
+  ``attn @ v`` cost ``heads * N * N * head_dim`` each (bias ignored);
+* LayerNorm with affine: ``5 * numel``; eval-mode affine BatchNorm: ``2 * numel``;
+* adaptive average pooling: input numel;
+* zero: add, mul (the attention scale), softmax, GELU, ReLU, cat, slicing (unsupported or
+  ignored operators).
+
+Our stitched ViT paths apply the last anchor's final norm. SN-Net's DeiT code calls timm's
+``forward_head`` without ``norm`` on stitched paths, so its published figures for stitched
+configurations are ``5 * tokens * dim`` below ours (e.g. 378,240 FLOPs for a DeiT-S end);
+anchors agree exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from searchspace.stitch import StitchConfig
+from stitching.cnn import RESNET_FAMILY
+from stitching.vit import VIT_FAMILY
+
+
+@dataclass(frozen=True)
+class AnchorFlops:
+    """Per-part FLOPs of one anchor at batch 1.
+
+    ``positions[i]`` is the number of tokens (or spatial positions) at block boundary ``i``
+    (0 = embedding output), which a stitching layer entering/leaving there multiplies.
+    """
+
+    embed: int
+    blocks: tuple[int, ...]
+    tail: int
+    positions: tuple[int, ...]
+    dims: tuple[int, ...]
+
+    @property
+    def total(self) -> int:
+        return self.embed + sum(self.blocks) + self.tail
+
+
+def vit_block_flops(tokens: int, dim: int, hidden: int) -> int:
+    """One pre-norm transformer block: qkv, q@k^T, attn@v, proj, fc1, fc2, two LayerNorms."""
+    attention = tokens * dim * 3 * dim + 2 * tokens * tokens * dim + tokens * dim * dim
+    return attention + 2 * tokens * dim * hidden + 2 * 5 * tokens * dim
+
+
+def _config_of(anchor: nn.Module | dict[str, Any]) -> dict[str, Any]:
+    config = anchor if isinstance(anchor, dict) else getattr(anchor, "config", None)
+    if not isinstance(config, dict) or "family" not in config:
+        raise ValueError(
+            f"flops: expected an anchor (or its config dict) with a 'family', got {type(anchor).__name__}"
+        )
+    return config
+
+
+def _vit_flops(c: dict[str, Any]) -> AnchorFlops:
+    grid = c["img_size"] // c["patch_size"]
+    patches, dim = grid * grid, c["embed_dim"]
+    tokens = patches + 1
+    embed = patches * dim * c["in_chans"] * c["patch_size"] ** 2
+    block = vit_block_flops(tokens, dim, int(dim * c["mlp_ratio"]))
+    tail = 5 * tokens * dim + dim * c["num_classes"]
+    depth = c["depth"]
+    return AnchorFlops(embed, (block,) * depth, tail, (tokens,) * (depth + 1), (dim,) * (depth + 1))
+
+
+def _resnet_flops(c: dict[str, Any]) -> AnchorFlops:
+    widths, stages, in_chans = c["widths"], c["stage_depths"], c["in_chans"]
+    side = (c["img_size"] - 1) // c["stem_stride"] + 1  # 3x3 conv, padding 1
+    w0 = widths[0]
+    embed = side * side * w0 * in_chans * 9 + 2 * w0 * side * side
+    blocks, positions, dims = [], [side * side], [w0]
+    in_ch = w0
+    for stage, (width, n) in enumerate(zip(widths, stages)):
+        for i in range(n):
+            stride = 2 if stage > 0 and i == 0 else 1
+            side = (side - 1) // stride + 1
+            hw = side * side
+            flops = hw * width * in_ch * 9 + hw * width * width * 9 + 2 * (2 * width * hw)
+            if stride != 1 or in_ch != width:
+                flops += hw * width * in_ch + 2 * width * hw
+            blocks.append(flops)
+            positions.append(hw)
+            dims.append(width)
+            in_ch = width
+    tail = in_ch * side * side + in_ch * c["num_classes"]
+    return AnchorFlops(embed, tuple(blocks), tail, tuple(positions), tuple(dims))
+
+
+def anchor_flops(anchor: nn.Module | dict[str, Any]) -> AnchorFlops:
+    """Analytic per-part FLOPs of an anchor (module or its ``config`` dict) at batch 1."""
+    config = _config_of(anchor)
+    if config["family"] == VIT_FAMILY:
+        return _vit_flops(config)
+    if config["family"] == RESNET_FAMILY:
+        return _resnet_flops(config)
+    raise ValueError(f"flops: no analytic count for anchor family {config['family']!r}")
+
+
+def route_flops(anchors: Sequence[nn.Module | dict[str, Any]], config: StitchConfig, batch_size: int = 1) -> int:
+    """Analytic FLOPs of one configuration's path through ``anchors``."""
+    parts = {a: anchor_flops(anchors[a]) for a in set(config.anchors)}
+    route = config.route
+    total = parts[route[0].anchor].embed + parts[route[-1].anchor].tail
+    for seg in route:
+        total += sum(parts[seg.anchor].blocks[seg.first:seg.last + 1])
+    for a, b, j, k, _ in config.junctions():
+        front, end = parts[a], parts[b]
+        if front.positions[j + 1] != end.positions[k]:
+            raise ValueError(
+                f"flops: junction {a}[{j}] -> {b}[{k}] joins {front.positions[j + 1]} positions "
+                f"to {end.positions[k]}"
+            )
+        total += front.positions[j + 1] * front.dims[j + 1] * end.dims[k]
+    return total * batch_size
+
+
+def config_flops(snnet: nn.Module, config: StitchConfig | int | None = None, batch_size: int = 1) -> int:
+    """Analytic FLOPs of a configuration of an :class:`~stitching.snnet.SNNet` (default: active)."""
+    return route_flops(list(snnet.anchors), snnet.resolve(config), batch_size)
+
+
+def flops_table(snnet: nn.Module, batch_size: int = 1) -> list[int]:
+    """Analytic FLOPs of every configuration, indexed by configuration id (microseconds each)."""
+    anchors = [a.config for a in snnet.anchors]
+    return [route_flops(anchors, c, batch_size) for c in snnet.space]
+
+
+def fvcore_flops(model: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
+    """fvcore's total for one forward pass of ``model`` in eval mode (warnings off); an
+    :class:`SNNet` counts its active path only, as SN-Net's ``evaluate_snnet`` does."""
+    was_training = model.training
+    model.eval()
+    # fvcore logs each op it counts as zero (add, softmax, gelu, ...): expected here
+    logger = logging.getLogger("fvcore.nn.jit_analysis")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fvcore's own torch.jit deprecation noise
+            from fvcore.nn import FlopCountAnalysis
+
+            analysis = FlopCountAnalysis(model, inputs)
+            analysis.unsupported_ops_warnings(False)
+            analysis.uncalled_modules_warnings(False)
+            analysis.tracer_warnings("none")
+            return int(analysis.total())
+    finally:
+        logger.setLevel(level)
+        model.train(was_training)

@@ -1,0 +1,401 @@
+"""Stitchable Neural Networks (Pan et al., CVPR 2023, arXiv 2302.06586; ziplab/SN-Net).
+
+:class:`SNNet` holds a family of anchors plus one stitching layer per (anchor pair, window)
+and runs one configuration of a :class:`~searchspace.stitch.StitchSpace` at a time, with the
+project's supernet interface (``set_active`` / ``sample_active`` / ``export_active`` /
+``active_config``). Unlike SN-Net, which draws a configuration inside ``forward`` with the
+global numpy generator, the caller picks it (``sample_active(rng)``), so a run is
+reproducible; and a configuration exports to a standalone :class:`StitchedModel` holding only
+the blocks it uses, rebuildable from a JSON-able config plus a state dict.
+
+Anchors must provide ``embed``, ``blocks``, ``forward_blocks``, ``forward_norm_head``,
+``block_features``, ``feature_dims``, ``stage_depths``, ``stitch_signature``, ``config``,
+``export_embed``, ``export_tail`` and ``stitch_layer_kind`` (see ``stitching/vit.py`` and
+``stitching/cnn.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from searchspace.stitch import StitchConfig, StitchSpace
+from stitching.cnn import RESNET_FAMILY, ResNetAnchor
+from stitching.layers import StitchingLayer, augmented_pinv, least_squares_fit
+from stitching.vit import VIT_FAMILY, VisionTransformer
+
+STITCHED_FORMAT_VERSION = 1
+_ANCHOR_API = ("embed", "blocks", "forward_blocks", "forward_norm_head", "block_features", "feature_dims",
+               "stage_depths", "stitch_signature", "config", "export_embed", "export_tail", "stitch_layer_kind")
+
+
+def _build_vit(config: dict[str, Any]) -> nn.Module:
+    return VisionTransformer(**{k: v for k, v in config.items() if k != "family"})
+
+
+def _build_resnet(config: dict[str, Any]) -> nn.Module:
+    return ResNetAnchor(**{k: v for k, v in config.items() if k != "family"})
+
+
+ANCHOR_BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
+    VIT_FAMILY: _build_vit,
+    RESNET_FAMILY: _build_resnet,
+}
+
+
+def build_anchor(config: dict[str, Any]) -> nn.Module:
+    """Rebuild an anchor from its ``config`` dict (dispatching on ``family``)."""
+    family = config.get("family") if isinstance(config, dict) else None
+    if family not in ANCHOR_BUILDERS:
+        raise ValueError(f"anchor config 'family': expected one of {sorted(ANCHOR_BUILDERS)}, got {family!r}")
+    try:
+        return ANCHOR_BUILDERS[family](config)
+    except TypeError as err:
+        raise ValueError(f"anchor config: bad fields for family {family!r} ({err})") from err
+
+
+def check_compatible(anchors: Sequence[nn.Module], names: Sequence[str] | None = None) -> None:
+    """Raise ValueError unless every anchor is stitchable and matches anchor 0's family,
+    input, resolution schedule and classes."""
+    names = list(names) if names is not None else [f"anchor{i}" for i in range(len(anchors))]
+    if len(anchors) < 1:
+        raise ValueError("snnet 'anchors': expected at least one anchor, got none")
+    for i, anchor in enumerate(anchors):
+        missing = [attr for attr in _ANCHOR_API if not hasattr(anchor, attr)]
+        if missing:
+            raise ValueError(f"anchor {i} ({names[i]}, {type(anchor).__name__}): not stitchable, missing {missing}")
+    ref = anchors[0].stitch_signature()
+    for i, anchor in enumerate(anchors[1:], start=1):
+        sig = anchor.stitch_signature()
+        for key in ["family"] + [k for k in ref if k != "family"]:
+            if sig.get(key) != ref[key]:
+                raise ValueError(
+                    f"anchor {i} ({names[i]}): {key} {sig.get(key)!r} does not match "
+                    f"anchor 0 ({names[0]})'s {ref[key]!r}"
+                )
+
+
+def anchor_space(
+    anchors: Sequence[nn.Module], names: Sequence[str] | None = None, nearest: bool = True,
+    kernel_size: int = 2, stride: int = 1, name: str = "snnet",
+) -> StitchSpace:
+    """The stitch space of ``anchors`` (ordered small -> large); checks they can be stitched."""
+    check_compatible(anchors, names)
+    stages = tuple(tuple(a.stage_depths) for a in anchors)
+    return StitchSpace(
+        depths=tuple(len(a.blocks) for a in anchors), names=tuple(names or ()),
+        stage_depths=stages if any(len(s) > 1 for s in stages) else None,
+        nearest=nearest, kernel_size=kernel_size, stride=stride, name=name,
+    )
+
+
+class SNNet(nn.Module):
+    """Anchors + stitching layers; ``forward`` runs the active configuration only."""
+
+    def __init__(self, anchors: Sequence[nn.Module], space: StitchSpace) -> None:
+        super().__init__()
+        check_compatible(anchors, space.names if len(space.names) == len(anchors) else None)
+        if len(anchors) != space.num_anchors:
+            raise ValueError(f"snnet 'space': has {space.num_anchors} anchors, got {len(anchors)} models")
+        for i, anchor in enumerate(anchors):
+            if tuple(anchor.stage_depths) != space.stages_of(i):
+                raise ValueError(
+                    f"snnet 'space': anchor {i} ({space.names[i]}) has stage depths {list(anchor.stage_depths)}, "
+                    f"space expects {list(space.stages_of(i))}"
+                )
+        self.space = space
+        self.anchors = nn.ModuleList(anchors)
+        self.stitch_layers = nn.ModuleDict()
+        self._specs = {spec.key: spec for spec in space.stitching_layers()}
+        for key, spec in self._specs.items():
+            in_dim, out_dim = self._layer_dims(spec.in_anchor, spec.out_anchor, spec.positions)
+            self.stitch_layers[key] = StitchingLayer(in_dim, out_dim, anchors[spec.in_anchor].stitch_layer_kind)
+        self._active = space.config(0)
+
+    @classmethod
+    def from_anchors(
+        cls, anchors: Sequence[nn.Module], names: Sequence[str] | None = None, **space_kwargs: Any
+    ) -> "SNNet":
+        return cls(anchors, anchor_space(anchors, names, **space_kwargs))
+
+    def _layer_dims(self, a: int, b: int, positions: Sequence[tuple[int, int]]) -> tuple[int, int]:
+        dims = {(self.anchors[a].feature_dims[j + 1], self.anchors[b].feature_dims[k]) for j, k in positions}
+        if len(dims) != 1:
+            raise ValueError(
+                f"snnet: positions {list(positions)} of one stitching layer {a}->{b} "
+                f"need different widths {sorted(dims)}"
+            )
+        return dims.pop()
+
+    # ----------------------------------------------------------------- active configuration
+    @property
+    def active(self) -> StitchConfig:
+        return self._active
+
+    def set_active(self, config: StitchConfig | int) -> StitchConfig:
+        """Make ``config`` (or the config with that id) the path ``forward`` runs."""
+        if config is None:
+            raise ValueError(f"set_active: expected a StitchConfig or an id in 0..{len(self.space) - 1}, got None")
+        self._active = self.resolve(config)
+        return self._active
+
+    def sample_active(self, rng: random.Random) -> StitchConfig:
+        """Activate a uniformly drawn configuration (one draw per training step, SN-Net style)."""
+        return self.set_active(self.space.sample(rng))
+
+    def active_config(self) -> dict[str, Any]:
+        return self._active.to_json()
+
+    def stitching_layer(self, in_anchor: int, out_anchor: int, window: int) -> StitchingLayer:
+        return self.stitch_layers[f"{in_anchor}_{out_anchor}_{window}"]
+
+    # ----------------------------------------------------------------- forward
+    def forward_route(self, x: torch.Tensor, config: StitchConfig) -> torch.Tensor:
+        """Logits of ``config``'s path: first anchor's embedding, blocks and stitching layers
+        along the route, last anchor's norm + head."""
+        route = config.route
+        x = self.anchors[route[0].anchor].embed(x)
+        for i, seg in enumerate(route):
+            if i > 0:
+                x = self.stitching_layer(route[i - 1].anchor, seg.anchor, config.windows[i - 1])(x)
+            x = self.anchors[seg.anchor].forward_blocks(x, seg.first, seg.last + 1)
+        return self.anchors[route[-1].anchor].forward_norm_head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_route(x, self._active)
+
+    # ----------------------------------------------------------------- least-squares init
+    @torch.no_grad()
+    def init_stitching_layers(self, x: torch.Tensor) -> None:
+        """Least-squares init of every stitching layer from one batch (SN-Net's
+        ``initialize_stitching_weights``), averaged over the positions sharing a layer.
+
+        Anchors run in eval mode here (no drop path, BatchNorm running statistics), so the
+        fit matches what the stitched path sees at inference.
+        """
+        specs = list(self._specs.values())
+        used = sorted({s.in_anchor for s in specs} | {s.out_anchor for s in specs})
+        modes = [a.training for a in self.anchors]
+        try:
+            self.anchors.eval()
+            feats = {a: self.anchors[a].block_features(x) for a in used}
+        finally:
+            for anchor, mode in zip(self.anchors, modes):
+                anchor.train(mode)
+        # one pseudo-inverse per front activation, shared by every target that uses it
+        targets: dict[tuple[int, int], list[tuple[str, int]]] = {}
+        for spec in specs:
+            for j, k in spec.positions:
+                targets.setdefault((spec.in_anchor, j), []).append((spec.key, k))
+        sums: dict[str, list[torch.Tensor]] = {}
+        counts: dict[str, int] = {}
+        for (a, j), wanted in targets.items():
+            front = feats[a][j + 1]
+            pinv = augmented_pinv(front)
+            for key, k in wanted:
+                w, b = least_squares_fit(front, feats[self._specs[key].out_anchor][k], pinv=pinv)
+                if key in sums:
+                    sums[key][0] += w
+                    sums[key][1] += b
+                else:
+                    sums[key] = [w, b]
+                counts[key] = counts.get(key, 0) + 1
+        for key, (w, b) in sums.items():
+            self.stitch_layers[key].set_weight_bias(w / counts[key], b / counts[key])
+
+    # ----------------------------------------------------------------- parameters
+    def anchor_parameters(self) -> list[nn.Parameter]:
+        return list(self.anchors.parameters())
+
+    def stitch_parameters(self) -> list[nn.Parameter]:
+        return list(self.stitch_layers.parameters())
+
+    def param_groups(self, anchor_lr: float, stitch_lr: float) -> list[dict[str, Any]]:
+        """Optimizer groups: anchors at ``anchor_lr`` (SN-Net: lower), stitching layers at ``stitch_lr``."""
+        return [
+            {"params": self.anchor_parameters(), "lr": anchor_lr, "name": "anchors"},
+            {"params": self.stitch_parameters(), "lr": stitch_lr, "name": "stitch_layers"},
+        ]
+
+    def num_params(self, config: StitchConfig | int | None = None) -> int:
+        """Parameters on a configuration's path (default: the active one)."""
+        config = self.resolve(config)
+        anchors = self.anchors
+        total = sum(p.numel() for p in anchors[config.route[0].anchor].export_embed().parameters())
+        total += sum(p.numel() for p in anchors[config.route[-1].anchor].export_tail().parameters())
+        for seg in config.route:
+            blocks = anchors[seg.anchor].blocks[seg.first:seg.last + 1]
+            total += sum(p.numel() for blk in blocks for p in blk.parameters())
+        for a, b, _, _, w in config.junctions():
+            total += sum(p.numel() for p in self.stitching_layer(a, b, w).parameters())
+        return total
+
+    def resolve(self, config: StitchConfig | int | None) -> StitchConfig:
+        """A validated config from a config, an id, or ``None`` (the active one)."""
+        if config is None:
+            return self._active
+        if isinstance(config, StitchConfig):
+            self.space.validate(config)
+            return config
+        return self.space.config(config)
+
+    # ----------------------------------------------------------------- export
+    def export_active(self, preserve_weight: bool = True) -> "StitchedModel":
+        """A standalone module for the active path (weights copied unless ``preserve_weight``
+        is False, which gives a freshly initialised model of the same shape)."""
+        cfg = stitched_model_config(self)
+        if not preserve_weight:
+            return build_stitched_model(cfg)
+        anchors = {seg.anchor: self.anchors[seg.anchor] for seg in self._active.route}
+        stitches = [copy.deepcopy(self.stitching_layer(a, b, w)) for a, b, _, _, w in self._active.junctions()]
+        model = _assemble(cfg, anchors, stitches, copy_blocks=True)
+        return model.train(self.training)
+
+
+def stitched_model_config(snnet: SNNet, config: StitchConfig | int | None = None) -> dict[str, Any]:
+    """JSON-able description of one configuration's standalone model (no weights)."""
+    config = snnet.resolve(config)
+    space = snnet.space
+    family = snnet.anchors[0].stitch_signature()["family"]
+    segments = [
+        {"anchor": s.anchor, "name": space.names[s.anchor], "first": s.first, "last": s.last,
+         "model": snnet.anchors[s.anchor].config}
+        for s in config.route
+    ]
+    stitches = []
+    for a, b, _, _, w in config.junctions():
+        layer = snnet.stitching_layer(a, b, w)
+        stitches.append({"in_anchor": a, "out_anchor": b, "window": w, "in_dim": layer.in_dim,
+                         "out_dim": layer.out_dim, "kind": layer.kind})
+    return {
+        "kind": "stitch", "format_version": STITCHED_FORMAT_VERSION, "family": family,
+        "space": space.name, "config_id": config.id, "description": space.describe(config),
+        "segments": segments, "stitches": stitches,
+    }
+
+
+def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in data or not isinstance(data[key], kind) or isinstance(data[key], bool) and kind is int:
+        expected = getattr(kind, "__name__", kind)
+        raise ValueError(f"stitched model config {where}'{key}': expected {expected}, got {data.get(key)!r}")
+    return data[key]
+
+
+def build_stitched_model(config: dict[str, Any]) -> "StitchedModel":
+    """Rebuild (freshly initialised) the model described by :func:`stitched_model_config`;
+    load its state dict to get the exported weights back."""
+    if not isinstance(config, dict):
+        raise ValueError(f"stitched model config: expected a JSON object, got {type(config).__name__}")
+    if config.get("kind") != "stitch":
+        raise ValueError(f"stitched model config 'kind': expected 'stitch', got {config.get('kind')!r}")
+    if config.get("format_version") != STITCHED_FORMAT_VERSION:
+        raise ValueError(
+            f"stitched model config 'format_version': expected {STITCHED_FORMAT_VERSION}, "
+            f"got {config.get('format_version')!r}"
+        )
+    segments = _field(config, "segments", list, "")
+    stitches = _field(config, "stitches", list, "")
+    if not segments or len(stitches) != len(segments) - 1:
+        raise ValueError(
+            f"stitched model config 'stitches': expected {max(len(segments) - 1, 0)} (one per junction), "
+            f"got {len(stitches)}"
+        )
+    anchors: dict[int, nn.Module] = {}
+    for i, seg in enumerate(segments):
+        if not isinstance(seg, dict):
+            raise ValueError(f"stitched model config 'segments[{i}]': expected an object, got {seg!r}")
+        idx = _field(seg, "anchor", int, f"segments[{i}].")
+        if idx not in anchors:
+            anchors[idx] = build_anchor(_field(seg, "model", dict, f"segments[{i}]."))
+    layers = []
+    for i, st in enumerate(stitches):
+        if not isinstance(st, dict):
+            raise ValueError(f"stitched model config 'stitches[{i}]': expected an object, got {st!r}")
+        where = f"stitches[{i}]."
+        layers.append(StitchingLayer(
+            _field(st, "in_dim", int, where), _field(st, "out_dim", int, where), _field(st, "kind", str, where)
+        ))
+    return _assemble(config, anchors, layers, copy_blocks=False)
+
+
+def _assemble(
+    config: dict[str, Any], anchors: dict[int, nn.Module], stitches: list[StitchingLayer], copy_blocks: bool
+) -> "StitchedModel":
+    take = copy.deepcopy if copy_blocks else (lambda m: m)
+    segs = config["segments"]
+    blocks = []
+    for i, seg in enumerate(segs):
+        anchor = anchors[seg["anchor"]]
+        first, last = _field(seg, "first", int, f"segments[{i}]."), _field(seg, "last", int, f"segments[{i}].")
+        if not 0 <= first <= last < len(anchor.blocks):
+            raise ValueError(
+                f"stitched model config 'segments[{i}]': blocks {first}..{last} "
+                f"outside 0..{len(anchor.blocks) - 1}"
+            )
+        blocks.append([take(b) for b in anchor.blocks[first:last + 1]])
+    embed = anchors[segs[0]["anchor"]].export_embed()
+    tail = anchors[segs[-1]["anchor"]].export_tail()
+    return StitchedModel(embed, blocks, stitches, tail, config)
+
+
+class StitchedModel(nn.Module):
+    """One stitched path as a plain module: embedding, block segments joined by stitching
+    layers, and the last anchor's norm + head. No switching logic, no unused anchors."""
+
+    def __init__(
+        self, embed: nn.Module, segments: Sequence[Sequence[nn.Module]], stitch_layers: Sequence[StitchingLayer],
+        tail: nn.Module, config: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        if len(stitch_layers) != len(segments) - 1:
+            raise ValueError(
+                f"stitched model: {len(segments)} segments need {len(segments) - 1} stitching layers, "
+                f"got {len(stitch_layers)}"
+            )
+        self.embed = embed
+        self.segments = nn.ModuleList(nn.ModuleList(seg) for seg in segments)
+        self.stitch_layers = nn.ModuleList(stitch_layers)
+        self.tail = tail
+        self._config = copy.deepcopy(config)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The JSON-able config :func:`build_stitched_model` rebuilds this model from."""
+        return copy.deepcopy(self._config)
+
+    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Final features plus every block output along the path (before any stitching layer)."""
+        x = self.embed(x)
+        inter = []
+        for i, seg in enumerate(self.segments):
+            if i > 0:
+                x = self.stitch_layers[i - 1](x)
+            for blk in seg:
+                x = blk(x)
+                inter.append(x)
+        return self.tail.forward_norm(x), inter
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for i, seg in enumerate(self.segments):
+            if i > 0:
+                x = self.stitch_layers[i - 1](x)
+            for blk in seg:
+                x = blk(x)
+        return self.tail.forward_norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.tail.forward_head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+__all__ = [
+    "SNNet", "StitchedModel", "anchor_space", "build_anchor", "build_stitched_model",
+    "check_compatible", "stitched_model_config",
+]

@@ -1,0 +1,274 @@
+"""Joint training of a Stitchable Neural Network (Pan et al., CVPR 2023, arXiv 2302.06586),
+and the same loop for training one anchor on its own.
+
+SN-Net draws one configuration per training step and updates only the active path; anchors
+are trained too, at a lower learning rate than the stitching layers (its Swin recipe: anchors
+x0.1). Optionally the loss is distilled from a frozen teacher (here the largest anchor as
+loaded, before joint training), with a temperature-scaled KL term on the logits.
+
+Determinism follows :mod:`supernet.training`: batch order, configuration draws and any other
+randomness of epoch ``e`` come from generators seeded with ``(seed, e)``, and checkpoints are
+written at epoch boundaries, so a resumed run replays the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from stitchnas.io import atomic_torch_save, load_checkpoint
+from supernet.training import TrainHistory, TensorBatches, autocast, cosine_lr, epoch_generator, epoch_rng, resolve_device
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KIND = "stitch_train"
+CHECKPOINT_VERSION = 1
+OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
+
+_TORCH_STREAM = 2  # generator stream for torch's global RNG (drop path); 0/1 are used elsewhere
+
+
+@dataclass(frozen=True)
+class StitchTrainConfig:
+    """One recipe for joint SN-Net training (or standalone anchor training).
+
+    ``lr`` is the stitching layers' peak learning rate; anchors get ``lr * anchor_lr_scale``.
+    The schedule is a linear warm-up over ``warmup_epochs`` then per-step cosine decay to
+    ``lr_min`` (scaled the same way for anchors). ``epochs=0`` means no training: the
+    network stays as initialised (for SN-Net: right after the least-squares init).
+    AdamW is the default: on CPU with a few epochs it trains small ViTs far better than SGD.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_min: float = 1e-5
+    anchor_lr_scale: float = 0.1
+    warmup_epochs: int = 0
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 0.05
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = True  # bf16 autocast, used only on CUDA
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "warmup_epochs", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"stitch train config '{name}': expected an int >= 0, got {value!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"stitch train config 'batch_size': expected an int >= 1, got {self.batch_size!r}")
+        if not (self.lr > 0 and 0 <= self.lr_min <= self.lr):
+            raise ValueError(
+                f"stitch train config 'lr'/'lr_min': expected 0 <= lr_min <= lr and lr > 0, got {self.lr}/{self.lr_min}"
+            )
+        if not 0 < self.anchor_lr_scale <= 1 and self.anchor_lr_scale != 0:
+            raise ValueError(f"stitch train config 'anchor_lr_scale': expected 0..1, got {self.anchor_lr_scale}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"stitch train config 'optimizer': expected one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError(
+                f"stitch train config 'weight_decay'/'momentum': expected >= 0 and in [0, 1), "
+                f"got {self.weight_decay}/{self.momentum}"
+            )
+        if not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"stitch train config 'distill_weight': expected 0..1, got {self.distill_weight}")
+        if self.distill_temperature <= 0:
+            raise ValueError(
+                f"stitch train config 'distill_temperature': expected > 0, got {self.distill_temperature}"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "StitchTrainConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"stitch train config: expected a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"stitch train config: unknown fields {unknown}")
+        return cls(**data)
+
+
+def learning_rate(cfg: StitchTrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Peak-``lr`` schedule at ``step``: linear warm-up, then cosine decay to ``lr_min``."""
+    warmup = min(cfg.warmup_epochs * steps_per_epoch, total_steps)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    # cosine_lr reads only lr / lr_min, which this config has too
+    return cosine_lr(cfg, step - warmup, total_steps - warmup)  # type: ignore[arg-type]
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over the batch
+    (Hinton et al., arXiv 1503.02531; ``T^2`` keeps gradient sizes independent of ``T``)."""
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(logits.float() / t, dim=1), F.log_softmax(teacher_logits.float() / t, dim=1),
+        reduction="batchmean", log_target=True,
+    ) * (t * t)
+
+
+def param_groups(model: nn.Module, cfg: StitchTrainConfig) -> list[dict[str, Any]]:
+    """Optimizer groups: an SN-Net's anchors and stitching layers apart (``lr_scale`` 
+    ``anchor_lr_scale`` and 1), any other model as one group."""
+    if hasattr(model, "param_groups") and hasattr(model, "stitch_layers"):
+        groups = model.param_groups(anchor_lr=cfg.lr * cfg.anchor_lr_scale, stitch_lr=cfg.lr)
+        for group in groups:
+            group["lr_scale"] = group["lr"] / cfg.lr
+        return groups
+    return [{"params": list(model.parameters()), "lr": cfg.lr, "lr_scale": 1.0, "name": "model"}]
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: StitchTrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _check_resume(state: dict[str, Any], ckpt: Path, cfg: StitchTrainConfig) -> None:
+    if state.get("kind") != CHECKPOINT_KIND or state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"checkpoint {ckpt}: not a stitch training checkpoint (expected kind {CHECKPOINT_KIND!r}, "
+            f"version {CHECKPOINT_VERSION})"
+        )
+    if state.get("train_config") != cfg.to_json():
+        raise ValueError(
+            f"checkpoint {ckpt}: written for a different training recipe; start a new run folder "
+            "or rerun with the same options"
+        )
+
+
+def train_network(
+    model: nn.Module,
+    train_data: torch.utils.data.TensorDataset,
+    cfg: StitchTrainConfig,
+    choose: Callable[[random.Random], Any] | None = None,
+    teacher: nn.Module | None = None,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    desc: str = "train",
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainHistory:
+    """Train ``model`` for ``cfg.epochs`` epochs.
+
+    Args:
+        model: an :class:`~stitching.snnet.SNNet` (anchors and stitching layers get their own
+            learning rates) or any classifier.
+        choose: called with the epoch's generator before every step; for an SN-Net,
+            ``snnet.sample_active`` (one uniformly drawn configuration per step).
+        teacher: frozen model to distil from when ``cfg.distill_weight > 0``.
+        checkpoint_path: written at every epoch boundary (and once before the first epoch).
+        resume: continue from ``checkpoint_path`` if it exists (same recipe required).
+        on_step: called with the global step after every step (tests interrupt runs with it).
+
+    Returns:
+        Per-epoch loss, training accuracy and the learning rate of every group.
+    """
+    device = resolve_device(cfg.device)
+    model.to(device)
+    distill = teacher is not None and cfg.distill_weight > 0
+    if distill:
+        teacher.to(device).eval()
+        teacher.requires_grad_(False)
+    optimizer = build_optimizer(param_groups(model, cfg), cfg)
+    batches = TensorBatches(train_data, device)
+    steps_per_epoch = batches.num_batches(cfg.batch_size, drop_last=True)
+    total_steps = cfg.epochs * steps_per_epoch
+    history, start_epoch = TrainHistory(), 0
+    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
+
+    def save(epoch: int) -> None:
+        if ckpt is not None:
+            atomic_torch_save({
+                "kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "epoch": epoch,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "history": history.epochs, "train_config": cfg.to_json(),
+            }, ckpt)
+
+    if ckpt is not None and resume and ckpt.exists():
+        state = load_checkpoint(ckpt)
+        _check_resume(state, ckpt, cfg)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history.epochs = list(state["history"])
+        start_epoch = int(state["epoch"])
+        log.info("resumed %s from %s at epoch %d/%d", desc, ckpt, start_epoch, cfg.epochs)
+    else:
+        save(0)  # the starting point (for SN-Net: the least-squares init) is a checkpoint too
+    bar = tqdm(range(start_epoch, cfg.epochs), desc=desc, unit="epoch", disable=not progress,
+               initial=start_epoch, total=cfg.epochs, leave=False)
+    for epoch in bar:
+        rng, gen = epoch_rng(cfg.seed, epoch), epoch_generator(cfg.seed, epoch)
+        loss_sum, correct, seen = 0.0, 0, 0
+        fork = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork):
+            # drop path draws from torch's global RNG: seed it per epoch so a resume replays it
+            torch.manual_seed(epoch_generator(cfg.seed, epoch, _TORCH_STREAM).initial_seed())
+            for i, (x, y) in enumerate(batches.iterate(cfg.batch_size, gen, drop_last=True)):
+                step = epoch * steps_per_epoch + i
+                if choose is not None:
+                    choose(rng)
+                lr = learning_rate(cfg, step, total_steps, steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * group["lr_scale"]
+                loss, hits = _step(model, x, y, optimizer, cfg, teacher if distill else None, device)
+                loss_sum, correct, seen = loss_sum + loss * len(y), correct + hits, seen + len(y)
+                if on_step is not None:
+                    on_step(step + 1)
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen),
+                                  "train_acc": 100.0 * correct / max(1, seen)}
+        record.update({f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)})
+        history.epochs.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}")
+        save(epoch + 1)
+    return history
+
+
+def _step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+    cfg: StitchTrainConfig, teacher: nn.Module | None, device: torch.device,
+) -> tuple[float, int]:
+    model.train()
+    with autocast(device, cfg.amp):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if teacher is not None:
+            with torch.no_grad():
+                target = teacher(x)
+            loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * distillation_loss(
+                logits, target, cfg.distill_temperature)
+    optimizer.zero_grad(set_to_none=True)  # parameters off the active path keep grad None: untouched
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), int((logits.argmax(1) == y).sum())
+
+
+def sampled_configs(num_configs: int, cfg: StitchTrainConfig, steps_per_epoch: int,
+                    epochs: Sequence[int] | None = None) -> list[int]:
+    """The configuration ids :func:`train_network` draws with ``SNNet.sample_active`` (one per
+    step, ``random.Random.randrange`` on the epoch generator), without training anything."""
+    ids = []
+    for epoch in epochs if epochs is not None else range(cfg.epochs):
+        rng = epoch_rng(cfg.seed, epoch)
+        ids.extend(rng.randrange(num_configs) for _ in range(steps_per_epoch))
+    return ids
+
+
+__all__ = [
+    "OPTIMIZERS", "StitchTrainConfig", "build_optimizer", "distillation_loss", "learning_rate",
+    "param_groups", "sampled_configs", "train_network",
+]
