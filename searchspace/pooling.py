@@ -286,11 +286,15 @@ def _balanced_split(total: int, parts: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------- presets
-def resnet20_space(downsample: DownsampleOp = "maxpool", num_downsamples: int = 2) -> PoolingSpace:
-    """BMS's ResNet-20 space: stem + 9 basic blocks, widths fixed per layer, k = 2 -> 36 configs."""
+def resnet20_space(downsample: DownsampleOp = "maxpool", num_downsamples: int = 2,
+                   width_scale: float = 1.0) -> PoolingSpace:
+    """BMS's ResNet-20 space: stem + 9 basic blocks, widths fixed per layer, k = 2 -> 36 configs.
+
+    ``width_scale`` shrinks the widths (16/32/64 at 1.0) for CPU-sized benchmarks.
+    """
     return PoolingSpace(
-        name="resnet20",
-        widths=(16, 16, 16, 16, 32, 32, 32, 64, 64, 64),
+        name="resnet20" if width_scale == 1.0 else f"resnet20_w{width_scale:g}",
+        widths=tuple(max(1, int(round(w * width_scale))) for w in (16, 16, 16, 16, 32, 32, 32, 64, 64, 64)),
         num_downsamples=num_downsamples,
         downsample=downsample,
         default=(4, 7) if num_downsamples == 2 else None,

@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from searchspace.stitch import StitchConfig, StitchSpace
+from searchspace.stitch_v2 import StitchSpaceV2
 from stitching.cnn import RESNET_FAMILY, ResNetAnchor
-from stitching.layers import StitchingLayer, augmented_pinv, least_squares_fit
+from stitching.layers import LayerKind, StitchingLayer, augmented_pinv, least_squares_fit
 from stitching.vit import VIT_FAMILY, VisionTransformer
 
 STITCHED_FORMAT_VERSION = 1
@@ -94,9 +95,17 @@ def anchor_space(
 
 
 class SNNet(nn.Module):
-    """Anchors + stitching layers; ``forward`` runs the active configuration only."""
+    """Anchors + stitching layers; ``forward`` runs the active configuration only.
 
-    def __init__(self, anchors: Sequence[nn.Module], space: StitchSpace) -> None:
+    ``space`` is an SN-Net :class:`StitchSpace` or an SN-Netv2 :class:`StitchSpaceV2`.
+    ``layer_factory(in_dim, out_dim, kind)`` builds each stitching layer (default
+    :class:`StitchingLayer`; e.g. ``functools.partial(LowRankStitchingLayer, rank=8)``).
+    """
+
+    def __init__(
+        self, anchors: Sequence[nn.Module], space: StitchSpace | StitchSpaceV2,
+        layer_factory: Callable[[int, int, LayerKind], StitchingLayer] | None = None,
+    ) -> None:
         super().__init__()
         check_compatible(anchors, space.names if len(space.names) == len(anchors) else None)
         if len(anchors) != space.num_anchors:
@@ -111,9 +120,10 @@ class SNNet(nn.Module):
         self.anchors = nn.ModuleList(anchors)
         self.stitch_layers = nn.ModuleDict()
         self._specs = {spec.key: spec for spec in space.stitching_layers()}
+        make_layer = layer_factory if layer_factory is not None else StitchingLayer
         for key, spec in self._specs.items():
             in_dim, out_dim = self._layer_dims(spec.in_anchor, spec.out_anchor, spec.positions)
-            self.stitch_layers[key] = StitchingLayer(in_dim, out_dim, anchors[spec.in_anchor].stitch_layer_kind)
+            self.stitch_layers[key] = make_layer(in_dim, out_dim, anchors[spec.in_anchor].stitch_layer_kind)
         self._active = space.config(0)
 
     @classmethod
@@ -251,9 +261,16 @@ class SNNet(nn.Module):
         if not preserve_weight:
             return build_stitched_model(cfg)
         anchors = {seg.anchor: self.anchors[seg.anchor] for seg in self._active.route}
-        stitches = [copy.deepcopy(self.stitching_layer(a, b, w)) for a, b, _, _, w in self._active.junctions()]
+        stitches = [_plain_copy(self.stitching_layer(a, b, w)) for a, b, _, _, w in self._active.junctions()]
         model = _assemble(cfg, anchors, stitches, copy_blocks=True)
         return model.train(self.training)
+
+
+def _plain_copy(layer: StitchingLayer) -> StitchingLayer:
+    """A standalone copy of a stitching layer; a low-rank layer becomes a plain one with the
+    update merged (its ``to_plain``), so exports rebuild with :func:`build_stitched_model`."""
+    to_plain = getattr(layer, "to_plain", None)
+    return to_plain() if callable(to_plain) else copy.deepcopy(layer)
 
 
 def stitched_model_config(snnet: SNNet, config: StitchConfig | int | None = None) -> dict[str, Any]:

@@ -184,6 +184,8 @@ class MixtureOfSuperNets(nn.Module):
         # -1 = learned (BMS); otherwise the fixed group of each configuration (GM split).
         self.register_buffer("fixed_group", torch.full((len(space),), -1, dtype=torch.long))
         self.active_member = 0
+        # Supernet chosen per configuration index by evaluation (overrides the assignment).
+        self.selected: dict[int, int] = {}
 
     @property
     def num_supernets(self) -> int:
@@ -211,7 +213,10 @@ class MixtureOfSuperNets(nn.Module):
         return kl_to_uniform(apply_factors(p, factors).mean(axis=0))
 
     def member_of(self, config: PoolingConfig) -> int:
-        return int(np.argmax(self.assignment()[self.space.index(config)]))
+        index = self.space.index(config)
+        if index in self.selected:
+            return self.selected[index]
+        return int(np.argmax(self.assignment()[index]))
 
     def set_active(self, config: PoolingConfig, member: int | None = None) -> None:
         self.active_member = self.member_of(config) if member is None else member

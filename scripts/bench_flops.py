@@ -1,0 +1,46 @@
+"""Analytic FLOPs against fvcore's FlopCountAnalysis: equality on every configuration and the
+speed ratio (issue target: analytic at least 1000x faster).
+
+    python scripts/bench_flops.py [--space resnet20] [--input-size 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from searchspace.pooling import create_space
+from stitchnas.flops import fvcore_flops, pooling_flops
+from supernet.networks import ModelSpec, build_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default="resnet20")
+    parser.add_argument("--input-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=200, help="analytic repetitions per configuration")
+    args = parser.parse_args()
+    space = create_space(args.space)
+    configs = space.configurations()
+    x = torch.zeros(1, 1, args.input_size, args.input_size)
+    models = [build_model(space, c, ModelSpec(1, 10)) for c in configs]
+    fvcore_flops(models[0], x)  # fvcore's first call pays a one-off warm-up
+    start = time.perf_counter()
+    traced = [fvcore_flops(m, x) for m in models]
+    fv_time = (time.perf_counter() - start) / len(configs)
+    start = time.perf_counter()
+    for _ in range(args.repeats):
+        analytic = [pooling_flops(space, c, args.input_size, 1, 10) for c in configs]
+    an_time = (time.perf_counter() - start) / (args.repeats * len(configs))
+    equal = sum(a == t for a, t in zip(analytic, traced))
+    print(f"{space.name}: {len(configs)} configurations at {args.input_size}x{args.input_size}")
+    print(f"  equal counts: {equal}/{len(configs)}")
+    print(f"  fvcore   {fv_time * 1e3:9.3f} ms per configuration")
+    print(f"  analytic {an_time * 1e6:9.3f} us per configuration")
+    print(f"analytic speed over fvcore: {fv_time / an_time:,.0f}x  (target >= 1000x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Ground truth (resumable, one row per run), ranking of a search run against it, and BMS search files."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from searchspace.pooling import PoolingSpace
+from stitchnas.data import DataSpec
+from stitchnas.pooling_search import PoolingSearchConfig, run_pooling_search
+from stitchnas.ranking_report import rank_run
+from stitchnas.truth import TruthConfig, load_truth, run_ground_truth, seed_noise
+from supernet.bms import MixtureConfig
+from supernet.evaluation import EvalConfig
+from supernet.training import TrainConfig
+
+SPACE = PoolingSpace(name="small", widths=(4, 4, 8, 8, 8), num_downsamples=2)  # 6 configurations
+DATA = DataSpec(name="digits", input_size=8, seed=1, max_train_samples=300)
+TRAIN = TrainConfig(epochs=1, batch_size=32, lr=0.05)
+
+
+def truth_config(**changes):
+    return TruthConfig(**{**dict(space=SPACE, data=DATA, train=TRAIN, seeds=(0, 1)), **changes})
+
+
+@pytest.fixture(scope="module")
+def truth_dir(tmp_path_factory):
+    return run_ground_truth(truth_config(), tmp_path_factory.mktemp("truth") / "t", progress=False)
+
+
+def test_ground_truth_has_one_row_per_configuration_and_seed(truth_dir):
+    rows = pd.read_csv(truth_dir / "truth.csv")
+    assert len(rows) == 12 and rows["key"].is_unique
+    assert set(rows["seed"]) == {0, 1}
+    summary = pd.read_csv(truth_dir / "truth_summary.csv")
+    assert len(summary) == 6 and (summary["seeds"] == 2).all()
+    np.testing.assert_allclose(summary["test_acc"].to_numpy(), rows.groupby("candidate")["test_acc"].mean().to_numpy())
+    noise = seed_noise(truth_dir)
+    assert noise["configs"] == 6 and noise["spread"] >= 0 and noise["max_seed_range"] >= noise["mean_seed_range"]
+
+
+def test_ground_truth_resume_loses_and_repeats_nothing(truth_dir, tmp_path):
+    out = tmp_path / "resumed"
+    run_ground_truth(truth_config(candidates=(0, 1)), out, progress=False)
+    first = pd.read_csv(out / "truth.csv")
+    assert len(first) == 4
+    # Resuming the same run finds nothing left to do and keeps rows byte for byte.
+    before = (out / "truth.csv").read_bytes()
+    run_ground_truth(truth_config(candidates=(0, 1)), out, resume=True, progress=False)
+    assert (out / "truth.csv").read_bytes() == before
+    # Rows are deterministic: the same (configuration, seed) gives the same accuracy in another run.
+    full = pd.read_csv(truth_dir / "truth.csv").set_index("key")
+    for _, row in first.iterrows():
+        assert row["test_acc"] == full.loc[row["key"], "test_acc"]
+
+
+def test_interrupted_ground_truth_keeps_finished_rows(tmp_path, monkeypatch):
+    from stitchnas import truth as truth_module
+
+    out = tmp_path / "interrupted"
+    calls = {"n": 0}
+    real_train = truth_module.train
+
+    def train_then_interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(truth_module, "train", train_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_ground_truth(truth_config(candidates=(0, 1, 2)), out, progress=False)
+    assert len(pd.read_csv(out / "truth.csv")) == 2
+    calls["n"] = 10
+    run_ground_truth(truth_config(candidates=(0, 1, 2)), out, resume=True, progress=False)
+    rows = pd.read_csv(out / "truth.csv")
+    assert len(rows) == 6 and rows["key"].is_unique and calls["n"] == 14
+
+
+def test_truth_for_another_space_or_incomplete_is_refused(truth_dir, tmp_path):
+    other = PoolingSpace(name="other", widths=(4, 4, 8, 8, 16), num_downsamples=2)
+    with pytest.raises(ValueError, match="not for the search's space 'other'"):
+        load_truth(truth_dir, other)
+    partial = run_ground_truth(truth_config(candidates=(0,), seeds=(0,)), tmp_path / "partial", progress=False)
+    with pytest.raises(ValueError, match="5 of 6 configurations missing"):
+        load_truth(partial, SPACE)
+    with pytest.raises(ValueError, match="file not found"):
+        load_truth(tmp_path / "nowhere", SPACE)
+
+
+@pytest.fixture(scope="module")
+def bms_run(tmp_path_factory):
+    cfg = PoolingSearchConfig(space=SPACE, data=DATA, train=TrainConfig(epochs=2, batch_size=32, lr=0.05),
+                              eval=EvalConfig(calib_batches=2), mixture=MixtureConfig(num_supernets=2, t_max=20.0))
+    return run_pooling_search(cfg, tmp_path_factory.mktemp("bms") / "run", progress=False)
+
+
+def test_bms_search_writes_assignment_and_all_pairs(bms_run):
+    out = bms_run.out_dir
+    assignment = pd.read_csv(out / "assignment.csv")
+    assert assignment.shape == (6, 4)
+    np.testing.assert_allclose(assignment[["m0", "m1"]].sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(assignment[["m0", "m1"]].mean(0), 0.5, atol=0.02)  # balanced
+    assert (out / "assignment.png").read_bytes()[:4] == b"\x89PNG"
+    matrix = pd.read_csv(out / "accuracy_matrix.csv")
+    results = pd.read_csv(out / "results.csv")
+    np.testing.assert_allclose(results["val_acc"], matrix[["m0", "m1"]].max(1))
+    assert json.loads((out / "run_config.json").read_text())["mixture"]["num_supernets"] == 2
+
+
+def test_bms_export_uses_the_supernet_that_scored_best(bms_run):
+    from stitchnas import load_model
+
+    matrix = pd.read_csv(bms_run.out_dir / "accuracy_matrix.csv").set_index("candidate")
+    for folder in bms_run.exports:
+        _, record = load_model(folder, return_record=True)
+        candidate = SPACE.index(SPACE.from_notation(record["notation"]))
+        assert record["metrics"]["search_val_acc"] == matrix.loc[candidate, ["m0", "m1"]].max()
+
+
+def test_rank_agrees_with_scipy_and_reports_regret(bms_run, truth_dir):
+    report = rank_run(bms_run.out_dir, truth_dir)
+    est = pd.read_csv(bms_run.out_dir / "results.csv").set_index("candidate")["val_acc"].sort_index()
+    truth = pd.read_csv(truth_dir / "truth.csv").groupby("candidate")["test_acc"].mean().sort_index()
+    assert report["kendall_tau"] == pytest.approx(stats.kendalltau(est, truth).statistic)
+    assert report["spearman_rho"] == pytest.approx(stats.spearmanr(est, truth).statistic)
+    assert report["regret"] == pytest.approx(truth.max() - truth[est.idxmax()])
+    assert json.loads((bms_run.out_dir / "ranking.json").read_text())["regret"] == report["regret"]
