@@ -27,6 +27,7 @@ def add_space_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--downsample", default=None, choices=DOWNSAMPLE_OPS,
                    help="downsampling op (default: the preset's; resnet20 uses a 2x2 max-pool)")
     g.add_argument("--num-downsamples", type=int, default=None, help="k, number of downsamplings (resnet20 only)")
+    g.add_argument("--width-scale", type=float, default=None, help="multiply the preset's channel widths")
 
 
 def space_from_args(args: argparse.Namespace) -> PoolingSpace:
@@ -37,6 +38,10 @@ def space_from_args(args: argparse.Namespace) -> PoolingSpace:
         if args.space != "resnet20":
             raise ValueError("--num-downsamples: only the resnet20 preset takes it")
         overrides["num_downsamples"] = args.num_downsamples
+    if getattr(args, "width_scale", None) is not None:
+        if not args.width_scale > 0:
+            raise ValueError(f"--width-scale: expected > 0, got {args.width_scale}")
+        overrides["width_scale"] = args.width_scale
     return create_space(args.space, **overrides)
 
 
@@ -47,12 +52,29 @@ def add_data_args(p: argparse.ArgumentParser, input_size: int = 16) -> None:
     g.add_argument("--data-dir", default=None, help="CIFAR python-pickle folder or .npz file")
     g.add_argument("--input-size", type=int, default=input_size, help="square input side in pixels")
     g.add_argument("--seed", type=int, default=0, help="seed for splits, initialisation and sampling")
+    g.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="data-set-specific setting, e.g. canvas_size=24 for cluttered_digits (repeatable)")
 
 
 def data_spec_from_args(args: argparse.Namespace):
     from stitchnas.data import DataSpec
 
-    return DataSpec(name=args.dataset, data_dir=args.data_dir, input_size=args.input_size, seed=args.seed)
+    return DataSpec(name=args.dataset, data_dir=args.data_dir, input_size=args.input_size, seed=args.seed,
+                    options=parse_options(args.data_option))
+
+
+def parse_options(items: Sequence[str]) -> dict:
+    """``KEY=VALUE`` strings to a dict, values read as JSON where possible (numbers, booleans)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--data-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def add_train_args(p: argparse.ArgumentParser, epochs: int, batch_size: int = 64, lr: float = 0.1) -> None:
@@ -94,14 +116,94 @@ def add_run_args(p: argparse.ArgumentParser, default_out: str) -> None:
 
 
 # ------------------------------------------------------------------ commands
+def add_distributed_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("distributed (Ray Tune / Ray Train)")
+    g.add_argument("--backend", default="local", choices=("local", "ray"),
+                   help="evaluate candidates in this process (local) or as Ray Tune trials (ray)")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to join: 'auto' or host:port (default: start a local Ray on 127.0.0.1)")
+    g.add_argument("--search", default="exhaustive", choices=("exhaustive", "random", "nsga2", "tpe"),
+                   help="exhaustive, random subset, or Optuna NSGA-II / TPE (those two need --backend ray)")
+    g.add_argument("--budget", type=int, default=None, help="number of evaluations (random, nsga2, tpe)")
+    g.add_argument("--candidates-per-trial", type=int, default=8,
+                   help="candidates one Tune trial evaluates (exhaustive/random; Optuna trials take one)")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per Tune trial")
+    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per Tune trial, fractional allowed")
+    g.add_argument("--num-workers", type=int, default=1,
+                   help="train the supernet data-parallel on N Ray Train workers (1: in this process)")
+    g.add_argument("--max-failures", type=int, default=1, help="retries of a crashing Ray trial / worker group")
+    g.add_argument("--hv-reference", default="evaluated", choices=("evaluated", "space"),
+                   help="hypervolume reference: 1.1 x the largest evaluated FLOPs, or over the whole space "
+                        "(use 'space' to compare searches on one space)")
+
+
+def distributed_from_args(args: argparse.Namespace, train_device: str):
+    """``run_pooling_search`` keyword arguments for the chosen backend, and the Ray session
+    (joined once, before training) they need."""
+    from contextlib import nullcontext
+
+    kwargs: dict = {"hv_reference": args.hv_reference}
+    if args.budget is not None and args.budget < 1:
+        raise ValueError(f"--budget: expected a number of evaluations >= 1, got {args.budget}")
+    if args.num_workers < 1:
+        raise ValueError(f"--num-workers: expected >= 1, got {args.num_workers}")
+    if args.backend == "local" and args.search in ("nsga2", "tpe"):
+        raise ValueError(f"--search {args.search}: needs --backend ray (Optuna's samplers run through Ray Tune)")
+    if args.search == "random" and args.candidates is not None:
+        raise ValueError("--candidates: not with --search random, which takes --budget")
+    if args.backend == "ray":
+        from stitchnas.tune import RayTuneStage, TuneOptions
+
+        kwargs["stage"] = RayTuneStage(TuneOptions(
+            search=args.search, budget=args.budget, candidates_per_trial=args.candidates_per_trial,
+            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
+            max_failures=args.max_failures, seed=args.seed))
+    elif args.search == "random" and args.budget is None:
+        raise ValueError("--budget: --search random needs a number of evaluations")
+    if args.num_workers > 1:
+        from stitchnas.distributed import DistributedOptions, RayTrainTrainer
+
+        kwargs["trainer"] = RayTrainTrainer(DistributedOptions(
+            num_workers=args.num_workers, use_gpu=train_device.startswith("cuda"), address=args.address,
+            max_failures=args.max_failures))
+    if args.backend == "ray" or args.num_workers > 1:
+        from stitchnas.tune import ray_session
+
+        return kwargs, ray_session(args.address)
+    return kwargs, nullcontext()
+
+
 def cmd_search_pooling(args: argparse.Namespace) -> int:
     from stitchnas.pooling_search import PoolingSearchConfig, run_pooling_search
 
     train_cfg = train_config_from_args(args)
+    kwargs, session = distributed_from_args(args, train_cfg.device)
     cfg = PoolingSearchConfig(
         space=space_from_args(args), data=data_spec_from_args(args), train=train_cfg,
-        eval=eval_config_from_args(args, train_cfg.device), max_candidates=args.candidates,
+        eval=eval_config_from_args(args, train_cfg.device),
+        max_candidates=args.budget if args.search == "random" else args.candidates,
         export_front=not args.no_export,
+    )
+    with session:
+        outcome = run_pooling_search(cfg, args.out, resume=args.resume, progress=not args.no_progress, **kwargs)
+    _print_front(outcome.summary.front, outcome.out_dir, len(outcome.rows))
+    ref_flops, ref_acc = outcome.summary.reference
+    print(f"hypervolume: {outcome.summary.hypervolume:.6g} (reference {ref_flops / 1e6:.3f} MFLOPs, "
+          f"{ref_acc:g}% accuracy; --hv-reference {args.hv_reference})")
+    return 0
+
+
+def cmd_search_bms(args: argparse.Namespace) -> int:
+    from stitchnas.pooling_search import PoolingSearchConfig, run_pooling_search
+    from supernet.bms import MixtureConfig
+
+    train_cfg = train_config_from_args(args)
+    space = space_from_args(args)
+    mixture = MixtureConfig(num_supernets=args.num_supernets, t_max=args.t_max, grouping=args.grouping)
+    cfg = PoolingSearchConfig(
+        space=space, data=data_spec_from_args(args), train=train_cfg,
+        eval=eval_config_from_args(args, train_cfg.device), max_candidates=args.candidates,
+        export_front=not args.no_export, mixture=mixture,
     )
     outcome = run_pooling_search(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     _print_front(outcome.summary.front, outcome.out_dir, len(outcome.rows))
@@ -168,17 +270,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     from stitchnas.data import load_data
     from stitchnas.io import file_sha256, load_checkpoint
     from stitchnas.pooling_search import (
-        SUPERNET_CHECKPOINT, PoolingSearchConfig, data_provenance, export_pooling_candidate,
+        SUPERNET_CHECKPOINT, PoolingSearchConfig, build_search_model, data_provenance, export_pooling_candidate,
     )
     from stitchnas.runs import RUN_CONFIG
     from stitchnas.io import read_json
-    from supernet.networks import ModelSpec, build_supernet
+    from supernet.networks import ModelSpec
 
     run = Path(args.run)
     cfg = PoolingSearchConfig.from_json(read_json(run / RUN_CONFIG, "run config"))
     config = cfg.space.parse_config(args.config)
     data = load_data(cfg.data)
-    supernet = build_supernet(cfg.space, ModelSpec(data.in_chans, data.num_classes))
+    supernet = build_search_model(cfg, ModelSpec(data.in_chans, data.num_classes))
     ckpt = run / SUPERNET_CHECKPOINT
     state = load_checkpoint(ckpt)
     supernet.load_state_dict(state["model"])
@@ -204,6 +306,202 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_truth_pooling(args: argparse.Namespace) -> int:
+    from stitchnas.truth import TruthConfig, run_ground_truth, seed_noise
+
+    space = space_from_args(args)
+    candidates = tuple(space.index(space.parse_config(c)) for c in args.configs.split(";")) if args.configs else None
+    cfg = TruthConfig(space=space, data=data_spec_from_args(args), train=train_config_from_args(args),
+                      seeds=tuple(int(s) for s in args.seeds.split(",")), candidates=candidates)
+    out = run_ground_truth(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    noise = seed_noise(out)
+    print(f"ground truth: {out.resolve() / 'truth.csv'}; spread across configurations {noise['spread']:.2f} points, "
+          f"mean seed std {noise['mean_seed_std']:.2f}, largest seed range {noise['max_seed_range']:.2f}")
+    return 0
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from stitchnas.ranking_report import rank_run
+
+    report = rank_run(args.run, args.truth, ks=tuple(int(k) for k in args.top_k.split(",")))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------ SN-Net: anchors and stitching
+def add_stitch_train_args(p: argparse.ArgumentParser, epochs: int, lr: float, warmup_epochs: int,
+                          batch_size: int = 32) -> None:
+    g = p.add_argument_group("training (AdamW or SGD, warm-up then cosine decay)")
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--batch-size", type=int, default=batch_size)
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate (SN-Net: of the stitching layers)")
+    g.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--warmup-epochs", type=int, default=warmup_epochs)
+    g.add_argument("--max-train-samples", type=int, default=None,
+                   help="stratified subset of the training split (quick runs)")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+
+
+def stitch_train_config_from_args(args: argparse.Namespace, **extra):
+    from stitching.trainer import StitchTrainConfig
+    from supernet.training import resolve_device
+
+    return StitchTrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_min=min(args.lr, 1e-5),
+        optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        seed=args.seed, device=str(resolve_device(args.device)), amp=not args.no_amp, **extra,
+    )
+
+
+def stitch_data_spec_from_args(args: argparse.Namespace):
+    from dataclasses import replace
+
+    return replace(data_spec_from_args(args), max_train_samples=args.max_train_samples)
+
+
+def parse_anchor_files(items: Sequence[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        preset, sep, path = item.partition("=")
+        if not sep or not preset or not path:
+            raise ValueError(f"--anchor {item!r}: expected PRESET=PATH, e.g. deit_tiny_patch16_224=deit_tiny.pth")
+        pairs.append((preset, path))
+    return pairs
+
+
+def cmd_anchors_train(args: argparse.Namespace) -> int:
+    from stitching.anchors_train import MANIFEST_FILE, AnchorTrainConfig, train_anchors
+    from stitchnas.io import read_json
+
+    overrides = {"depth": args.depth} if args.depth is not None else {}
+    cfg = AnchorTrainConfig(family=args.family, data=stitch_data_spec_from_args(args),
+                            train=stitch_train_config_from_args(args), overrides=overrides)
+    train_anchors(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    manifest = read_json(Path(args.out) / MANIFEST_FILE, "anchors manifest")
+    print(f"{'anchor':<22} {'MFLOPs':>9} {'params':>9} {'val acc %':>9} {'test acc %':>10}")
+    for a in manifest["anchors"]:
+        print(f"{a['name']:<22} {a['flops'] / 1e6:9.3f} {a['params']:>9} {a['val_acc']:9.2f} {a['test_acc']:10.2f}")
+    print(f"outputs: {(Path(args.out) / MANIFEST_FILE).resolve()} (and one .pth state dict per anchor)")
+    return 0
+
+
+def _stitch_anchor_refs(args: argparse.Namespace, data_spec) -> list:
+    from dataclasses import asdict
+
+    from stitching.anchors_train import MANIFEST_FILE, anchor_refs_from_files, read_anchor_folder
+    from stitchnas.io import read_json
+
+    if bool(args.anchors) == bool(args.anchor):
+        raise ValueError("anchors: give either --anchors FOLDER or --anchor PRESET=PATH (at least twice)")
+    if args.anchor:
+        return anchor_refs_from_files(parse_anchor_files(args.anchor), input_size=data_spec.input_size)
+    refs = read_anchor_folder(args.anchors)
+    trained_on = read_json(Path(args.anchors) / MANIFEST_FILE, "anchors manifest").get("data")
+    if isinstance(trained_on, dict) and trained_on != json.loads(json.dumps(asdict(data_spec))):
+        log.warning("anchors were trained on other data settings (%s); search_val may overlap their training data",
+                    {k: v for k, v in trained_on.items() if asdict(data_spec).get(k) != v})
+    return refs
+
+
+def cmd_stitch_train(args: argparse.Namespace) -> int:
+    from stitchnas.stitch_search import StitchSearchConfig, run_stitch_search
+
+    data_spec = stitch_data_spec_from_args(args)
+    if args.no_train:
+        args.epochs = 0
+    train_cfg = stitch_train_config_from_args(args, anchor_lr_scale=args.anchor_lr_scale,
+                                              distill_weight=args.distill, distill_temperature=args.distill_temperature)
+    cfg = StitchSearchConfig(anchors=tuple(_stitch_anchor_refs(args, data_spec)), data=data_spec, train=train_cfg,
+                             init_samples=args.init_samples, nearest=not args.all_pairs,
+                             export_front=not args.no_export)
+    outcome = run_stitch_search(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    _print_stitch_front(outcome)
+    return 0
+
+
+def _print_stitch_front(outcome) -> None:
+    summary = outcome.summary
+    print(f"Pareto front ({len(summary.front)} of {len(outcome.rows)} configurations, "
+          f"hypervolume {summary.hypervolume:.4g}):")
+    print(f"  {'id':>4} {'MFLOPs':>9} {'val acc %':>9}  route")
+    for row in summary.front:
+        print(f"  {row['candidate']:>4} {row['flops'] / 1e6:9.3f} {row['val_acc']:9.2f}  {row['label']}")
+    extra = ", exports/" if outcome.exports else ""
+    print(f"outputs: {Path(outcome.out_dir).resolve()} (results.csv, pareto.json, pareto.png{extra})")
+
+
+def cmd_stitch_evaluate(args: argparse.Namespace) -> int:
+    from stitchnas.stitch_search import evaluate_run
+
+    outcome = evaluate_run(args.run, no_train=args.no_train, out_dir=args.out, progress=not args.no_progress)
+    _print_stitch_front(outcome)
+    return 0
+
+
+def cmd_stitch_export(args: argparse.Namespace) -> int:
+    from stitchnas.export import load_model
+    from stitchnas.stitch_search import export_from_run
+
+    try:
+        config_id = int(args.config)
+    except ValueError:
+        raise ValueError(f"--config {args.config!r}: expected a configuration id (see results.csv)") from None
+    folder = export_from_run(args.run, config_id, args.out)
+    _, record = load_model(folder, return_record=True)
+    print(f"exported configuration {config_id} ({record['label']}, {record['flops'] / 1e6:.3f} MFLOPs, "
+          f"test accuracy {record['metrics']['test_acc']:.2f}%) to {Path(folder).resolve()}")
+    return 0
+
+
+def add_stitch_commands(sub: argparse._SubParsersAction) -> None:
+    """``stitchnas anchors train`` and ``stitchnas stitch train|evaluate|export`` (SN-Net)."""
+    anchors = sub.add_parser("anchors", help="anchor families for stitching").add_subparsers(
+        dest="anchors_kind", required=True)
+    p = anchors.add_parser("train", help="train a family of 3 anchors (small -> large) standalone, resumable")
+    p.add_argument("--family", default="vit_digits", choices=("vit_digits", "resnet_digits"))
+    p.add_argument("--depth", type=int, default=None, help="override the presets' depth (ViT) for quick runs")
+    add_data_args(p)
+    add_stitch_train_args(p, epochs=30, lr=3e-3, warmup_epochs=2)
+    add_run_args(p, "runs/anchors")
+    p.set_defaults(handler=cmd_anchors_train)
+
+    stitch = sub.add_parser("stitch", help="Stitchable Neural Networks (SN-Net)").add_subparsers(
+        dest="stitch_kind", required=True)
+    p = stitch.add_parser("train", help="least-squares init, joint training, evaluation of every configuration")
+    g = p.add_argument_group("anchors")
+    g.add_argument("--anchors", default=None, help="folder written by 'stitchnas anchors train' (anchors.json)")
+    g.add_argument("--anchor", action="append", default=[], metavar="PRESET=PATH",
+                   help="a local timm-format checkpoint of a preset (repeat, small to large)")
+    add_data_args(p)
+    add_stitch_train_args(p, epochs=10, lr=1e-3, warmup_epochs=0)
+    g = p.add_argument_group("stitching")
+    g.add_argument("--anchor-lr-scale", type=float, default=0.1, help="anchor LR = this x --lr (SN-Net: 0.1)")
+    g.add_argument("--distill", type=float, default=0.0, metavar="WEIGHT",
+                   help="weight of KL distillation from the largest anchor (0: off)")
+    g.add_argument("--distill-temperature", type=float, default=1.0)
+    g.add_argument("--init-samples", type=int, default=100, help="images for the least-squares init (SN-Net: 100)")
+    g.add_argument("--all-pairs", action="store_true", help="stitch every anchor sequence, not only neighbours")
+    g.add_argument("--no-train", action="store_true", help="stop after the least-squares init (same as --epochs 0)")
+    p.add_argument("--no-export", action="store_true", help="skip exporting the Pareto-optimal models")
+    add_run_args(p, "runs/stitch")
+    p.set_defaults(handler=cmd_stitch_train)
+
+    p = stitch.add_parser("evaluate", help="re-evaluate every configuration of a run")
+    p.add_argument("--run", required=True, help="a 'stitchnas stitch train' run folder")
+    p.add_argument("--no-train", action="store_true", help="evaluate right after the least-squares init instead")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/evaluate/checkpoint or .../init)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(handler=cmd_stitch_evaluate)
+
+    p = stitch.add_parser("export", help="export one configuration of a run as a standalone model")
+    p.add_argument("--run", required=True, help="a 'stitchnas stitch train' run folder")
+    p.add_argument("--config", required=True, help="configuration id (column 'candidate' of results.csv)")
+    p.add_argument("--out", required=True, help="folder for model.json and model.pt")
+    p.set_defaults(handler=cmd_stitch_export)
+
+
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stitchnas", description=__doc__.splitlines()[0])
@@ -218,8 +516,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_args(p)
     p.add_argument("--candidates", type=int, default=None, help="evaluate a seeded random subset (default: all)")
     p.add_argument("--no-export", action="store_true", help="skip exporting the Pareto-optimal models")
+    add_distributed_args(p)
     add_run_args(p, "runs/pooling")
     p.set_defaults(handler=cmd_search_pooling)
+
+    p = search.add_parser("bms", help="pooling search with a Balanced Mixture of SuperNets")
+    add_space_args(p)
+    add_data_args(p)
+    add_train_args(p, epochs=40)
+    add_eval_args(p)
+    g = p.add_argument_group("mixture")
+    g.add_argument("--num-supernets", "-M", type=int, default=4, help="M, the number of supernets")
+    g.add_argument("--t-max", type=float, default=100.0, help="final temperature of the assignment softmax")
+    g.add_argument("--grouping", default="bms", choices=("bms", "gm"),
+                   help="bms: learned balanced assignment; gm: GM-NAS-style gradient-similarity split")
+    p.add_argument("--candidates", type=int, default=None, help="evaluate a seeded random subset (default: all)")
+    p.add_argument("--no-export", action="store_true", help="skip exporting the Pareto-optimal models")
+    add_run_args(p, "runs/bms")
+    p.set_defaults(handler=cmd_search_bms)
 
     p = sub.add_parser("train", help="train one pooling configuration from scratch and export it")
     add_space_args(p)
@@ -229,6 +543,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_args(p)
     add_run_args(p, "runs/train")
     p.set_defaults(handler=cmd_train)
+
+    truth = sub.add_parser("truth", help="ground truth for ranking studies").add_subparsers(dest="truth_kind", required=True)
+    p = truth.add_parser("pooling", help="train configurations standalone over several seeds (resumable)")
+    add_space_args(p)
+    p.add_argument("--configs", default=None, help="';'-separated configurations (default: all), e.g. '1,1,8;4,3,3'")
+    p.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
+    add_data_args(p)
+    add_train_args(p, epochs=15)
+    add_run_args(p, "runs/truth")
+    p.set_defaults(handler=cmd_truth_pooling)
+
+    p = sub.add_parser("rank", help="compare a search run's ranking with a ground-truth table")
+    p.add_argument("--run", required=True, help="search run folder (results.csv)")
+    p.add_argument("--truth", required=True, action="append", help="'stitchnas truth' folder (repeatable, e.g. one per seed)")
+    p.add_argument("--top-k", default="1,3,5", help="comma-separated k for top-k overlap")
+    p.set_defaults(handler=cmd_rank)
 
     p = sub.add_parser("flops", help="FLOPs (fvcore convention) and parameters per configuration")
     add_space_args(p)
@@ -251,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None)
     p.add_argument("--data-dir", default=None)
     p.set_defaults(handler=cmd_evaluate)
+
+    add_stitch_commands(sub)
     return parser
 
 

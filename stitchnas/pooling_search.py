@@ -27,6 +27,7 @@ from stitchnas.front import RESULT_COLUMNS, FrontSummary, summarize_front
 from stitchnas.io import ResultsTable, file_sha256
 from stitchnas.runs import prepare_run_dir
 from supernet.evaluation import EvalConfig, accuracy, evaluate_path, prepare_path
+from supernet.bms import MixtureConfig, MixtureOfSuperNets, train_mixture
 from supernet.networks import ModelSpec, PoolingSuperNet, build_supernet
 from supernet.training import TrainConfig, train
 
@@ -44,10 +45,13 @@ class PoolingSearchConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     max_candidates: int | None = None  # None: every configuration (exhaustive)
     export_front: bool = True
+    mixture: MixtureConfig | None = None  # None: one supernet (SPOS); else BMS / GM mixture
 
     def __post_init__(self) -> None:
         if self.max_candidates is not None and self.max_candidates < 1:
             raise ValueError(f"search 'max_candidates': expected >= 1 or None, got {self.max_candidates}")
+        if self.mixture is not None:
+            self.mixture.check_space(self.space)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,6 +62,7 @@ class PoolingSearchConfig:
             "eval": self.eval.to_json(),
             "max_candidates": self.max_candidates,
             "export_front": self.export_front,
+            "mixture": self.mixture.to_json() if self.mixture is not None else None,
         }
 
     @classmethod
@@ -68,6 +73,7 @@ class PoolingSearchConfig:
             space=PoolingSpace.from_json(data["space"]), data=DataSpec(**data["data"]),
             train=TrainConfig(**data["train"]), eval=EvalConfig(**data["eval"]),
             max_candidates=data.get("max_candidates"), export_front=data.get("export_front", True),
+            mixture=MixtureConfig(**data["mixture"]) if data.get("mixture") else None,
         )
 
 
@@ -99,11 +105,59 @@ def in_process_stage(ctx: EvaluationContext) -> None:
 
 
 @dataclass
+class TrainingContext:
+    """Everything a supernet-training step needs. It leaves the trained weights in ``supernet``
+    and its per-epoch checkpoint at ``checkpoint``, in :func:`supernet.training.train`'s format
+    (so resuming and ``stitchnas export`` work whichever trainer wrote it)."""
+
+    supernet: PoolingSuperNet
+    data: DataSplits
+    cfg: "PoolingSearchConfig"
+    checkpoint: Path
+    out_dir: Path
+    resume: bool = False
+    progress: bool = True
+    on_step: Callable[[int], None] | None = None
+
+
+SupernetTrainer = Callable[[TrainingContext], None]
+
+
+def in_process_trainer(ctx: TrainingContext) -> None:
+    """The default trainer: SPOS training in this process (see :func:`supernet.training.train`),
+    or the mixture's trainer when the search has one."""
+    if isinstance(ctx.supernet, MixtureOfSuperNets):
+        train_mixture(ctx.supernet, ctx.data.search_train, ctx.data.search_val, ctx.cfg.train,
+                      checkpoint_path=ctx.checkpoint, resume=ctx.resume, progress=ctx.progress, on_step=ctx.on_step)
+        return
+    train(ctx.supernet, ctx.data.search_train, ctx.cfg.train, choose_path=ctx.supernet.sample_active,
+          checkpoint_path=ctx.checkpoint, resume=ctx.resume, desc="supernet", progress=ctx.progress,
+          on_step=ctx.on_step)
+
+
+HV_REFERENCES: tuple[str, ...] = ("evaluated", "space")
+
+
+def space_reference(space: PoolingSpace, input_size: int, in_chans: int, num_classes: int) -> tuple[float, float]:
+    """A hypervolume reference fixed by the space: 1.1 x the largest FLOPs of any configuration,
+    accuracy 0. Fronts of different searches on one space are comparable against it."""
+    flops = [pooling_flops(space, c, input_size, in_chans, num_classes) for c in space]
+    return (1.1 * max(flops), 0.0)
+
+
+@dataclass
 class SearchOutcome:
     out_dir: Path
     rows: list[dict[str, Any]]
     summary: FrontSummary
     exports: list[Path]
+
+
+def build_search_model(cfg: PoolingSearchConfig, spec: ModelSpec) -> PoolingSuperNet | MixtureOfSuperNets:
+    """One supernet, or a mixture of them when the search asks for one."""
+    if cfg.mixture is None:
+        return build_supernet(cfg.space, spec)
+    return MixtureOfSuperNets(cfg.space, spec, cfg.mixture)
 
 
 def select_candidates(space: PoolingSpace, max_candidates: int | None, seed: int) -> list[PoolingConfig]:
@@ -212,20 +266,30 @@ def run_pooling_search(
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
     stage: EvaluationStage = in_process_stage,
+    trainer: SupernetTrainer = in_process_trainer,
+    hv_reference: str = "evaluated",
 ) -> SearchOutcome:
     """Run (or resume) a one-shot pooling search and write its files into ``out_dir``.
 
     ``stage`` evaluates the candidates (in process by default; the Ray Tune path plugs in here).
+    ``trainer`` trains the supernet (in process by default; Ray Train's data-parallel trainer
+    plugs in here). ``hv_reference`` is the hypervolume reference point: ``"evaluated"`` (1.1 x
+    the largest evaluated FLOPs, accuracy 0) or ``"space"`` (see :func:`space_reference`).
     """
+    if hv_reference not in HV_REFERENCES:
+        raise ValueError(f"hv_reference: expected one of {HV_REFERENCES}, got {hv_reference!r}")
     out = prepare_run_dir(out_dir, cfg.to_json(), resume)
     data = load_data(cfg.data)
     cfg.space.check_input_size(data.input_size)
     log.info("data: %s", data.describe())
     torch.manual_seed(cfg.train.seed)
-    supernet = build_supernet(cfg.space, ModelSpec(data.in_chans, data.num_classes))
+    supernet = build_search_model(cfg, ModelSpec(data.in_chans, data.num_classes))
+    if cfg.mixture is not None and stage is in_process_stage:
+        from stitchnas.bms_search import mixture_stage
+
+        stage = mixture_stage
     ckpt = out / SUPERNET_CHECKPOINT
-    train(supernet, data.search_train, cfg.train, choose_path=supernet.sample_active,
-          checkpoint_path=ckpt, resume=resume, desc="supernet", progress=progress, on_step=on_step)
+    trainer(TrainingContext(supernet, data, cfg, ckpt, out, resume, progress, on_step))
     log.info("supernet checkpoint: %s", ckpt)
 
     table = ResultsTable(out / RESULTS_FILE, RESULT_COLUMNS)
@@ -235,7 +299,9 @@ def run_pooling_search(
 
     rows = table.rows()
     default = str(cfg.space.index(cfg.space.default_config()))
-    summary = summarize_front(rows, out, default_candidate=default,
+    reference = (space_reference(cfg.space, data.input_size, data.in_chans, data.num_classes)
+                 if hv_reference == "space" else None)
+    summary = summarize_front(rows, out, default_candidate=default, reference=reference,
                               title=f"{cfg.space.name} pooling placements on {data.name}")
     exports: list[Path] = []
     if cfg.export_front:
