@@ -1,5 +1,6 @@
 """Supernet training-step time over the standalone model's step time (issue target <= 1.10),
-and the BMS mixture's step over the single supernet's (target <= 1.05).
+and the BMS mixture's step over the single supernet's (target <= 1.05), with and without the
+validation batch BMS scores after every step.
 
 Steps alternate between the models being compared (A B A B ...), so drifts in machine load hit
 both alike; the ratio of medians is reported.
@@ -18,7 +19,7 @@ import time
 import torch
 
 from searchspace.pooling import resnet20_space
-from supernet.bms import MixtureConfig, MixtureOfSuperNets
+from supernet.bms import MixtureConfig, MixtureOfSuperNets, validation_accuracy
 from supernet.networks import ModelSpec, build_model, build_supernet
 from supernet.training import TrainConfig, build_optimizer, sgd_step
 
@@ -59,28 +60,33 @@ def main() -> None:
         supernet.set_active(config)
         sgd_step(supernet, x, y, opts["supernet"], 0.01)
 
-    def step_mixture():  # a BMS step: pick a supernet, activate, train, score one batch
+    def step_mixture():  # the mixture's training step: pick a supernet, activate, train it
         member = rng.randrange(mixture.num_supernets)
         mixture.set_active(config, member)
         sgd_step(mixture.supernets[member], x, y, opts["mixture"], 0.01)
-        mixture.update_score(config, member, 0.5)
+        return member
 
-    for fn in (step_standalone, step_supernet, step_mixture):  # warm-up
+    def step_bms():  # a full BMS step: the training step plus scoring one validation batch
+        member = step_mixture()
+        mixture.update_score(config, member, validation_accuracy(mixture.supernets[member], x, y, amp=False))
+
+    steps = {"standalone": step_standalone, "supernet": step_supernet, "mixture": step_mixture, "bms": step_bms}
+    for fn in steps.values():  # warm-up
         for _ in range(10):
             fn()
-    times = {"standalone": [], "supernet": [], "mixture": []}
+    times = {k: [] for k in steps}
     for _ in range(args.steps):
-        times["standalone"].append(timed_step(step_standalone))
-        times["supernet"].append(timed_step(step_supernet))
-        times["mixture"].append(timed_step(step_mixture))
+        for name, fn in steps.items():
+            times[name].append(timed_step(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"machine: {platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"resnet20 {space.describe(config)}, batch {args.batch_size}, input {args.input_size}x{args.input_size}, "
           f"{args.steps} interleaved steps each")
-    for k in ("standalone", "supernet", "mixture"):
+    for k in steps:
         print(f"  {k:<11} median step {med[k] * 1e3:7.2f} ms")
     print(f"supernet / standalone step time: {med['supernet'] / med['standalone']:.3f}  (target <= 1.10)")
-    print(f"BMS mixture (M=4) / supernet step time: {med['mixture'] / med['supernet']:.3f}  (target <= 1.05)")
+    print(f"mixture (M=4) training step / supernet step: {med['mixture'] / med['supernet']:.3f}  (target <= 1.05)")
+    print(f"full BMS step (training + one validation batch) / supernet step: {med['bms'] / med['supernet']:.3f}")
     params = sum(p.numel() for p in supernet.parameters())
     mparams = sum(p.numel() for p in mixture.parameters())
     print(f"weights: supernet {params} parameters, mixture M=4 {mparams} ({mparams / params:.2f}x)")

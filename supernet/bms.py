@@ -234,7 +234,7 @@ class MixtureOfSuperNets(nn.Module):
 
 
 # ----------------------------------------------------------------------------- training
-def _validation_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool) -> float:
+def validation_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool) -> float:
     """Accuracy (fraction) of one validation batch, with batch statistics and no side effects."""
     model.eval()
     with torch.no_grad(), batch_statistics(model), autocast(x.device, amp):
@@ -322,7 +322,7 @@ def train_mixture(
             loss, _ = sgd_step(mixture.supernets[member], x, y, optimizers[member], lr, cfg.amp)
             if mcfg.grouping == "bms" and mixture.num_supernets > 1:
                 vx, vy = next(val_iter)
-                mixture.update_score(config, member, _validation_accuracy(mixture.supernets[member], vx, vy, cfg.amp))
+                mixture.update_score(config, member, validation_accuracy(mixture.supernets[member], vx, vy, cfg.amp))
             loss_sum, seen = loss_sum + loss * len(y), seen + len(y)
             counts[member] += 1
             if on_step is not None:
