@@ -225,8 +225,76 @@ def staged_stitching(
 
 
 # --------------------------------------------------------------------------- the space
+class RouteTable:
+    """Sequence behaviour shared by the stitch spaces (SN-Net's and SN-Netv2's).
+
+    A subclass provides ``_configs`` (every configuration, id order), ``names`` (one per anchor),
+    ``validate`` and ``to_json``.
+    """
+
+    _configs: tuple[StitchConfig, ...]
+    names: tuple[str, ...]
+
+    def validate(self, config: StitchConfig | int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to_json(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._configs)
+
+    def __iter__(self) -> Iterator[StitchConfig]:
+        return iter(self._configs)
+
+    def configurations(self) -> list[StitchConfig]:
+        return list(self._configs)
+
+    def config(self, config_id: int) -> StitchConfig:
+        self.validate(config_id)
+        return self._configs[config_id]
+
+    def anchor_config(self, anchor: int) -> StitchConfig:
+        return self._configs[anchor]
+
+    def _resolve(self, config: StitchConfig | int) -> StitchConfig:
+        if isinstance(config, StitchConfig):
+            self.validate(config)
+            return config
+        return self.config(config)
+
+    def sample(self, rng: random.Random) -> StitchConfig:
+        """A uniformly random configuration drawn with the caller's seeded generator (see
+        :mod:`searchspace.samplers` for FLOPs-grouped sampling)."""
+        return self._configs[rng.randrange(len(self))]
+
+    def stitching_layers(self) -> list[StitchLayerSpec]:
+        """Every distinct stitching layer the configurations use, with the positions sharing it,
+        in first-use order."""
+        return list(self._layers)
+
+    @cached_property
+    def _layers(self) -> tuple[StitchLayerSpec, ...]:
+        shared: dict[tuple[int, int, int], dict[tuple[int, int], None]] = {}
+        for config in self._configs:
+            for a, b, j, k, w in config.junctions():
+                shared.setdefault((a, b, w), {})[(j, k)] = None
+        return tuple(
+            StitchLayerSpec((min(a, b), max(a, b)), w, a, b, tuple(positions))
+            for (a, b, w), positions in shared.items()
+        )
+
+    def describe(self, config: StitchConfig | int) -> str:
+        """E.g. ``"deit_tiny[0-7] -> deit_small[7-11]"``."""
+        config = self._resolve(config)
+        return " -> ".join(f"{self.names[s.anchor]}[{s.first}-{s.last}]" for s in config.route)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True)
+
+
 @dataclass(frozen=True)
-class StitchSpace:
+class StitchSpace(RouteTable):
     """SN-Net configurations for a family of anchors ordered small -> large.
 
     Args:
@@ -335,19 +403,6 @@ class StitchSpace:
     def _index(self) -> dict[tuple[tuple[Segment, ...], tuple[int, ...]], int]:
         return {(c.route, c.windows): c.id for c in self._configs}
 
-    def __len__(self) -> int:
-        return len(self._configs)
-
-    def __iter__(self) -> Iterator[StitchConfig]:
-        return iter(self._configs)
-
-    def configurations(self) -> list[StitchConfig]:
-        return list(self._configs)
-
-    def config(self, config_id: int) -> StitchConfig:
-        self.validate(config_id)
-        return self._configs[config_id]
-
     def index(self, config: StitchConfig) -> int:
         self.validate(config)
         return self._index[(config.route, config.windows)]
@@ -368,34 +423,6 @@ class StitchSpace:
             return
         if isinstance(config, bool) or not isinstance(config, int) or not 0 <= config < len(self):
             raise ValueError(f"stitch config id {config!r}: unknown, expected an int in 0..{len(self) - 1}")
-
-    def sample(self, rng: random.Random) -> StitchConfig:
-        """A uniformly random configuration drawn with the caller's seeded generator."""
-        return self._configs[rng.randrange(len(self))]
-
-    def anchor_config(self, anchor: int) -> StitchConfig:
-        return self._configs[anchor]
-
-    def stitching_layers(self) -> list[StitchLayerSpec]:
-        """Every distinct stitching layer the configurations use, with the positions sharing it."""
-        return list(self._layers)
-
-    @cached_property
-    def _layers(self) -> tuple[StitchLayerSpec, ...]:
-        shared: dict[tuple[int, int, int], dict[tuple[int, int], None]] = {}
-        for config in self._configs:
-            for a, b, j, k, w in config.junctions():
-                shared.setdefault((a, b, w), {})[(j, k)] = None
-        return tuple(
-            StitchLayerSpec((min(a, b), max(a, b)), w, a, b, tuple(positions))
-            for (a, b, w), positions in shared.items()
-        )
-
-    def describe(self, config: StitchConfig | int) -> str:
-        """E.g. ``"deit_tiny[0-7] -> deit_small[7-11]"``."""
-        config = self.config(config) if isinstance(config, int) else config
-        self.validate(config)
-        return " -> ".join(f"{self.names[s.anchor]}[{s.first}-{s.last}]" for s in config.route)
 
     # ----------------------------------------------------------------- JSON
     def to_json(self) -> dict[str, Any]:
@@ -434,5 +461,3 @@ class StitchSpace:
             kwargs["stage_depths"] = tuple(tuple(s) for s in kwargs["stage_depths"])
         return cls(**kwargs)
 
-    def dumps(self) -> str:
-        return json.dumps(self.to_json(), sort_keys=True)

@@ -54,13 +54,11 @@ Pure Python: no torch here.
 
 from __future__ import annotations
 
-import json
-import random
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal, Sequence
 
-from searchspace.stitch import Segment, StitchConfig, StitchLayerSpec
+from searchspace.stitch import RouteTable, Segment, StitchConfig
 
 STITCH_V2_FORMAT_VERSION = 1
 
@@ -144,7 +142,7 @@ def check_covering(route: Sequence[Sequence[int]], depths: Sequence[int]) -> Non
 
 
 @dataclass(frozen=True)
-class StitchSpaceV2:
+class StitchSpaceV2(RouteTable):
     """SN-Netv2 configurations of two anchors (0 small / fast, 1 large / slow) of any depths.
 
     Args:
@@ -224,22 +222,6 @@ class StitchSpaceV2:
     def _index(self) -> dict[tuple[Segment, ...], int]:
         return {c.route: c.id for c in self._configs}
 
-    def __len__(self) -> int:
-        return len(self._configs)
-
-    def __iter__(self) -> Iterator[StitchConfig]:
-        return iter(self._configs)
-
-    def configurations(self) -> list[StitchConfig]:
-        return list(self._configs)
-
-    def config(self, config_id: int) -> StitchConfig:
-        self.validate(config_id)
-        return self._configs[config_id]
-
-    def anchor_config(self, anchor: int) -> StitchConfig:
-        return self._configs[anchor]
-
     @cached_property
     def _types(self) -> tuple[str, ...]:
         by_anchors = {anchors: kind for kind, anchors in _TYPE_ANCHORS.items()}
@@ -290,36 +272,6 @@ class StitchSpaceV2:
         if isinstance(config, bool) or not isinstance(config, int) or not 0 <= config < len(self):
             raise ValueError(f"stitch config id {config!r}: unknown, expected an int in 0..{len(self) - 1}")
 
-    def _resolve(self, config: StitchConfig | int) -> StitchConfig:
-        if isinstance(config, StitchConfig):
-            self.validate(config)
-            return config
-        return self.config(config)
-
-    def sample(self, rng: random.Random) -> StitchConfig:
-        """A uniformly random configuration drawn with the caller's seeded generator (use
-        :mod:`searchspace.samplers` for FLOPs-grouped sampling)."""
-        return self._configs[rng.randrange(len(self))]
-
-    def stitching_layers(self) -> list[StitchLayerSpec]:
-        """Distinct S->L and L->S layers used by the kept routes (one position each), in first-use order."""
-        return list(self._layers)
-
-    @cached_property
-    def _layers(self) -> tuple[StitchLayerSpec, ...]:
-        shared: dict[tuple[int, int, int], dict[tuple[int, int], None]] = {}
-        for config in self._configs:
-            for a, b, j, k, w in config.junctions():
-                shared.setdefault((a, b, w), {})[(j, k)] = None
-        return tuple(
-            StitchLayerSpec((SMALL, LARGE), w, a, b, tuple(positions)) for (a, b, w), positions in shared.items()
-        )
-
-    def describe(self, config: StitchConfig | int) -> str:
-        """E.g. ``"deit3_s[0-3] -> deit3_l[8-23]"``."""
-        config = self._resolve(config)
-        return " -> ".join(f"{self.names[s.anchor]}[{s.first}-{s.last}]" for s in config.route)
-
     # ----------------------------------------------------------------- JSON
     def to_json(self) -> dict[str, Any]:
         return {
@@ -354,8 +306,6 @@ class StitchSpaceV2:
         kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
         return cls(**kwargs)
 
-    def dumps(self) -> str:
-        return json.dumps(self.to_json(), sort_keys=True)
 
 
 def count_configs(d0: int, d1: int, route_types: Sequence[str] = ROUTE_TYPES) -> int:

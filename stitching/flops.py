@@ -21,15 +21,13 @@ anchors agree exactly.
 
 from __future__ import annotations
 
-import logging
-import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import torch
 from torch import nn
 
 from searchspace.stitch import StitchConfig
+from stitchnas.flops import fvcore_flops  # noqa: F401  (re-exported: one fvcore wrapper for all models)
 from stitching.cnn import RESNET_FAMILY
 from stitching.vit import VIT_FAMILY
 
@@ -141,25 +139,3 @@ def flops_table(snnet: nn.Module, batch_size: int = 1) -> list[int]:
     return [route_flops(anchors, c, batch_size) for c in snnet.space]
 
 
-def fvcore_flops(model: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
-    """fvcore's total for one forward pass of ``model`` in eval mode (warnings off); an
-    :class:`SNNet` counts its active path only, as SN-Net's ``evaluate_snnet`` does."""
-    was_training = model.training
-    model.eval()
-    # fvcore logs each op it counts as zero (add, softmax, gelu, ...): expected here
-    logger = logging.getLogger("fvcore.nn.jit_analysis")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # fvcore's own torch.jit deprecation noise
-            from fvcore.nn import FlopCountAnalysis
-
-            analysis = FlopCountAnalysis(model, inputs)
-            analysis.unsupported_ops_warnings(False)
-            analysis.uncalled_modules_warnings(False)
-            analysis.tracer_warnings("none")
-            return int(analysis.total())
-    finally:
-        logger.setLevel(level)
-        model.train(was_training)

@@ -16,6 +16,7 @@ fvcore's rules used here (``fvcore/nn/jit_handles.py``): a convolution costs
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -32,22 +33,27 @@ class FlopsReport:
 
 
 def fvcore_flops(model: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
-    """Total FLOPs of one forward pass as fvcore counts them (pass a batch-1 input)."""
+    """Total FLOPs of one forward pass as fvcore counts them, in eval mode (pass a batch-1
+    input: fvcore's counts scale with the batch). A switchable model counts its active path."""
     from fvcore.nn import FlopCountAnalysis
 
     was_training = model.training
     model.eval()
-    # fvcore logs every unsupported op (add, max_pool2d, ...) it counts as zero; those zeros are
-    # part of the convention we match, so the warnings are noise here.
-    logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
+    # fvcore logs every op it counts as zero (add, max_pool2d, softmax, ...); those zeros are part
+    # of the convention we match, so the messages are noise here.
+    logger = logging.getLogger("fvcore.nn.jit_analysis")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit deprecation warnings raised inside fvcore
             analysis = FlopCountAnalysis(model, inputs)
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
             analysis.tracer_warnings("none")
             return int(analysis.total())
     finally:
+        logger.setLevel(level)
         model.train(was_training)
 
 

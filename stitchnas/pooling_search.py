@@ -232,12 +232,12 @@ def export_pooling_candidate(
 
 def _export_pooling_model(folder: Path, model: nn.Module, space: PoolingSpace, config: PoolingConfig,
                           data: DataSplits, eval_cfg: EvalConfig, provenance: dict[str, Any],
-                          extra_metrics: dict[str, Any]) -> Path:
-    metrics = {
-        **{k: v for k, v in extra_metrics.items() if v is not None},
-        "val_acc": accuracy(model, data.search_val, eval_cfg.batch_size, eval_cfg.device),
-        "test_acc": accuracy(model, data.test, eval_cfg.batch_size, eval_cfg.device),
-    }
+                          extra_metrics: dict[str, Any], val_is_held_out: bool = True) -> Path:
+    metrics = {k: v for k, v in extra_metrics.items() if v is not None}
+    # A model trained on the full training split has seen search_val: no validation figure then.
+    if val_is_held_out:
+        metrics["val_acc"] = accuracy(model, data.search_val, eval_cfg.batch_size, eval_cfg.device)
+    metrics["test_acc"] = accuracy(model, data.test, eval_cfg.batch_size, eval_cfg.device)
     body = {
         "space": space.to_json(),
         "config": config.to_json(),
@@ -343,7 +343,7 @@ def train_standalone(
     provenance = {**data_provenance(data_spec), "source": "standalone", "run_dir": str(out.resolve()),
                   "checkpoint_sha256": file_sha256(ckpt)}
     folder = out / "model"
-    _export_pooling_model(folder, model, space, config, data, eval_cfg, provenance, {})
+    _export_pooling_model(folder, model, space, config, data, eval_cfg, provenance, {}, val_is_held_out=False)
     log.info("trained model exported to %s", folder)
     return folder
 
