@@ -25,7 +25,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from stitchnas.io import atomic_torch_save, load_checkpoint
-from supernet.training import TrainHistory, TensorBatches, autocast, cosine_lr, epoch_generator, epoch_rng, resolve_device
+from supernet.training import (
+    TensorBatches, TrainHistory, autocast, cosine_lr, epoch_generator, epoch_rng, resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,8 @@ class StitchTrainConfig:
             raise ValueError(
                 f"stitch train config 'lr'/'lr_min': expected 0 <= lr_min <= lr and lr > 0, got {self.lr}/{self.lr_min}"
             )
-        if not 0 < self.anchor_lr_scale <= 1 and self.anchor_lr_scale != 0:
-            raise ValueError(f"stitch train config 'anchor_lr_scale': expected 0..1, got {self.anchor_lr_scale}")
+        if self.anchor_lr_scale < 0:
+            raise ValueError(f"stitch train config 'anchor_lr_scale': expected >= 0, got {self.anchor_lr_scale}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"stitch train config 'optimizer': expected one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
@@ -122,12 +124,12 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
 
 
 def param_groups(model: nn.Module, cfg: StitchTrainConfig) -> list[dict[str, Any]]:
-    """Optimizer groups: an SN-Net's anchors and stitching layers apart (``lr_scale`` 
-    ``anchor_lr_scale`` and 1), any other model as one group."""
+    """Optimizer groups: an SN-Net's anchors (``lr_scale = anchor_lr_scale``) apart from its
+    stitching layers (``lr_scale = 1``); any other model is one group."""
     if hasattr(model, "param_groups") and hasattr(model, "stitch_layers"):
         groups = model.param_groups(anchor_lr=cfg.lr * cfg.anchor_lr_scale, stitch_lr=cfg.lr)
         for group in groups:
-            group["lr_scale"] = group["lr"] / cfg.lr
+            group["lr_scale"] = cfg.anchor_lr_scale if group["name"] == "anchors" else 1.0
         return groups
     return [{"params": list(model.parameters()), "lr": cfg.lr, "lr_scale": 1.0, "name": "model"}]
 
@@ -180,8 +182,8 @@ def train_network(
     """
     device = resolve_device(cfg.device)
     model.to(device)
-    distill = teacher is not None and cfg.distill_weight > 0
-    if distill:
+    teacher = teacher if cfg.distill_weight > 0 else None
+    if teacher is not None:
         teacher.to(device).eval()
         teacher.requires_grad_(False)
     optimizer = build_optimizer(param_groups(model, cfg), cfg)
@@ -225,7 +227,7 @@ def train_network(
                 lr = learning_rate(cfg, step, total_steps, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
-                loss, hits = _step(model, x, y, optimizer, cfg, teacher if distill else None, device)
+                loss, hits = _step(model, x, y, optimizer, cfg, teacher, device)
                 loss_sum, correct, seen = loss_sum + loss * len(y), correct + hits, seen + len(y)
                 if on_step is not None:
                     on_step(step + 1)

@@ -1,0 +1,349 @@
+"""The SN-Net pipeline, end to end: load anchors, build the Stitchable Neural Network
+(Pan et al., CVPR 2023, arXiv 2302.06586), initialise its stitching layers by least squares
+on one batch, train it jointly, score every configuration on ``search_val``, compute the
+FLOPs-vs-accuracy Pareto front and export its members as standalone models.
+
+Files in a run folder (mirroring :mod:`stitchnas.pooling_search`): ``run_config.json``,
+``snnet.pt`` (epoch checkpoints; epoch 0 is the least-squares init), ``results.csv`` (one
+row per configuration, :data:`~stitchnas.front.RESULT_COLUMNS`), ``pareto.json``,
+``pareto.png`` and ``exports/``. Each stage persists before the next starts, so
+``resume=True`` continues an interrupted run and ends with the files an uninterrupted run
+writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from searchspace.stitch import StitchConfig
+from stitching.anchors_train import AnchorRef, check_anchor_data, load_anchors
+from stitching.flops import flops_table
+from stitching.snnet import SNNet, build_anchor, stitched_model_config
+from stitching.trainer import StitchTrainConfig, train_network
+from stitchnas.data import DataSpec, DataSplits, load_data
+from stitchnas.export import export_model
+from stitchnas.front import RESULT_COLUMNS, FrontSummary, summarize_front
+from stitchnas.io import ResultsTable, file_sha256, load_checkpoint, read_json
+from stitchnas.runs import RUN_CONFIG, prepare_run_dir
+from supernet.evaluation import accuracy
+from supernet.training import TrainHistory, epoch_generator
+
+log = logging.getLogger(__name__)
+
+SNNET_CHECKPOINT = "snnet.pt"
+RESULTS_FILE = "results.csv"
+_INIT_STREAM = 4  # generator stream choosing the least-squares batch (0-3 are used in training)
+
+
+@dataclass(frozen=True)
+class StitchSearchConfig:
+    """One SN-Net run: anchors (small -> large), data, training recipe and space options.
+
+    ``init_samples`` images of ``search_train`` fit the stitching layers (SN-Net: 100);
+    ``nearest``, ``kernel_size`` and ``stride`` shape the space (SN-Net: True, 2, 1).
+    """
+
+    anchors: tuple[AnchorRef, ...]
+    data: DataSpec = field(default_factory=DataSpec)
+    train: StitchTrainConfig = field(default_factory=StitchTrainConfig)
+    init_samples: int = 100
+    nearest: bool = True
+    kernel_size: int = 2
+    stride: int = 1
+    eval_batch_size: int = 256
+    export_front: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "anchors", tuple(self.anchors))
+        if len(self.anchors) < 2:
+            raise ValueError(f"stitch search 'anchors': expected at least 2 anchors, got {len(self.anchors)}")
+        for key in ("init_samples", "eval_batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"stitch search '{key}': expected an int >= 1, got {value!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "stitch_search", "anchors": [a.to_json() for a in self.anchors], "data": asdict(self.data),
+            "train": self.train.to_json(), "init_samples": self.init_samples, "nearest": self.nearest,
+            "kernel_size": self.kernel_size, "stride": self.stride, "eval_batch_size": self.eval_batch_size,
+            "export_front": self.export_front,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> "StitchSearchConfig":
+        if not isinstance(data, dict) or data.get("kind") != "stitch_search":
+            raise ValueError("run config: not an SN-Net run (expected kind 'stitch_search')")
+        try:
+            return cls(
+                anchors=tuple(AnchorRef.from_json(a) for a in data["anchors"]), data=DataSpec(**data["data"]),
+                train=StitchTrainConfig.from_json(data["train"]),
+                **{k: data[k] for k in ("init_samples", "nearest", "kernel_size", "stride", "eval_batch_size",
+                                        "export_front")},
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"run config: malformed SN-Net run ({type(err).__name__}: {err})") from err
+
+
+@dataclass
+class StitchOutcome:
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    summary: FrontSummary
+    exports: list[Path] = field(default_factory=list)
+    history: TrainHistory | None = None
+
+
+# --------------------------------------------------------------------------- building
+def build_snnet(cfg: StitchSearchConfig, data: DataSplits, weights: bool = True) -> SNNet:
+    """The SN-Net of ``cfg``'s anchors; ``weights=False`` skips the anchor files (the caller
+    loads a checkpoint instead). Raises ValueError for unstitchable anchors or data."""
+    if weights:
+        anchors = load_anchors(cfg.anchors)
+    else:
+        anchors = [build_anchor(dict(a.config)) for a in cfg.anchors]
+    names = [a.name for a in cfg.anchors]
+    snnet = SNNet.from_anchors(anchors, names=names, nearest=cfg.nearest, kernel_size=cfg.kernel_size,
+                               stride=cfg.stride, name=f"snnet_{anchors[0].config['family']}")
+    check_anchor_data(anchors, names, data)
+    return snnet
+
+
+def init_batch(data: DataSplits, num_samples: int, seed: int) -> torch.Tensor:
+    """The seeded batch of ``search_train`` images the least-squares init uses."""
+    x = data.search_train.tensors[0]
+    order = torch.randperm(len(x), generator=epoch_generator(seed, 0, _INIT_STREAM))
+    return x[order[:num_samples]]
+
+
+def initialised_snnet(cfg: StitchSearchConfig, data: DataSplits) -> SNNet:
+    """Anchors from their files plus least-squares stitching layers (before any training)."""
+    torch.manual_seed(cfg.train.seed)
+    snnet = build_snnet(cfg, data)
+    snnet.init_stitching_layers(init_batch(data, cfg.init_samples, cfg.train.seed))
+    return snnet.eval()
+
+
+def largest_anchor(snnet: SNNet) -> int:
+    """Configuration id of the anchor with the most FLOPs (the 'default' on the plot)."""
+    flops = flops_table(snnet)
+    return max(range(snnet.space.num_anchors), key=lambda a: flops[a])
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """``load_state_dict`` with one line naming the first missing, extra or mis-shaped key."""
+    expected = module.state_dict()
+    for key, value in expected.items():
+        got = state.get(key)
+        if not isinstance(got, torch.Tensor):
+            raise ValueError(f"{where}: missing key {key!r} (model expects shape {tuple(value.shape)})")
+        if got.shape != value.shape:
+            raise ValueError(f"{where}: key {key!r} has shape {tuple(got.shape)}, model expects {tuple(value.shape)}")
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise ValueError(f"{where}: unexpected key {extra[0]!r} (model has no such key)")
+    module.load_state_dict(state)
+
+
+def load_run(run_dir: str | Path) -> tuple[StitchSearchConfig, DataSplits, SNNet, dict[str, Any]]:
+    """A run's config, data and SN-Net with the weights of its last checkpoint."""
+    run = Path(run_dir)
+    cfg = StitchSearchConfig.from_json(read_json(run / RUN_CONFIG, "run config"))
+    data = load_data(cfg.data)
+    snnet = build_snnet(cfg, data, weights=False)
+    ckpt = run / SNNET_CHECKPOINT
+    state = load_checkpoint(ckpt)
+    if not isinstance(state.get("model"), dict):
+        raise ValueError(f"checkpoint {ckpt}: not an SN-Net checkpoint (no 'model' state dict)")
+    load_state_strict(snnet, state["model"], f"checkpoint {ckpt}")
+    return cfg, data, snnet.eval(), state
+
+
+# --------------------------------------------------------------------------- evaluation
+def config_row(snnet: SNNet, config: StitchConfig, flops: Sequence[int]) -> dict[str, Any]:
+    """The identity, FLOPs and parameter columns of a results row (no accuracy yet)."""
+    route = {"route": [list(s) for s in config.route], "windows": list(config.windows)}
+    return {"candidate": str(config.id), "label": snnet.space.describe(config),
+            "config": json.dumps(route, separators=(",", ":")), "flops": int(flops[config.id]),
+            "params": snnet.num_params(config)}
+
+
+def evaluate_configs(
+    snnet: SNNet, table: ResultsTable, data: DataSplits, batch_size: int = 256, device: str = "cpu",
+    configs: Sequence[StitchConfig] | None = None, progress: bool = True,
+) -> None:
+    """Score every configuration not yet in ``table`` on ``search_val`` (one row each)."""
+    configs = list(snnet.space) if configs is None else list(configs)
+    done = table.done_keys("candidate")
+    todo = [c for c in configs if str(c.id) not in done]
+    if len(todo) < len(configs):
+        log.info("%d of %d configurations already evaluated", len(configs) - len(todo), len(configs))
+    flops = flops_table(snnet)
+    for config in tqdm(todo, desc="configurations", unit="cfg", disable=not progress, leave=False):
+        row = config_row(snnet, config, flops)
+        start = time.perf_counter()
+        try:
+            snnet.set_active(config)
+            row.update(val_acc=accuracy(snnet, data.search_val, batch_size, device), status="ok", error="")
+        except (RuntimeError, ValueError, FloatingPointError) as err:
+            row.update(val_acc=float("nan"), status="failed", error=f"{type(err).__name__}: {err}")
+            log.warning("configuration %s failed: %s", row["label"], row["error"])
+        row["seconds"] = round(time.perf_counter() - start, 4)
+        table.append(row)
+
+
+def _summarize(snnet: SNNet, rows: list[dict[str, Any]], out: Path, data: DataSplits, what: str) -> FrontSummary:
+    family = snnet.anchors[0].config["family"]
+    return summarize_front(rows, out, default_candidate=str(largest_anchor(snnet)),
+                           title=f"SN-Net ({family}, {len(snnet.space)} configurations, {what}) on {data.name}")
+
+
+# --------------------------------------------------------------------------- export
+def data_provenance(spec: DataSpec) -> dict[str, Any]:
+    return {"dataset": spec.name, "data_dir": spec.data_dir, "input_size": spec.input_size, "seed": spec.seed,
+            "max_train_samples": spec.max_train_samples, "max_test_samples": spec.max_test_samples}
+
+
+def export_dir_name(config: StitchConfig) -> str:
+    """E.g. ``024_a0.0-7_a1.7-11`` (id, then anchor.first-last per segment)."""
+    return f"{config.id:03d}_" + "_".join(f"a{s.anchor}.{s.first}-{s.last}" for s in config.route)
+
+
+def export_stitch_config(
+    folder: str | Path, snnet: SNNet, config: StitchConfig | int, data: DataSplits, eval_batch_size: int,
+    device: str, provenance: dict[str, Any], search_val_acc: float | None = None,
+) -> Path:
+    """Export one configuration as a standalone model holding only the blocks it uses.
+
+    The recorded accuracies are measured on the exported module itself, so
+    ``stitchnas.load_model`` reproduces them exactly.
+    """
+    config = snnet.set_active(config)
+    model = snnet.export_active().eval()
+    metrics = {"val_acc": accuracy(model, data.search_val, eval_batch_size, device),
+               "test_acc": accuracy(model, data.test, eval_batch_size, device)}
+    if search_val_acc is not None:
+        metrics["search_val_acc"] = search_val_acc
+    body = {
+        "model": stitched_model_config(snnet, config),
+        "space": snnet.space.to_json(),
+        "config": config.to_json(),
+        "label": snnet.space.describe(config),
+        "flops": int(flops_table(snnet)[config.id]),
+        "params": snnet.num_params(config),
+        "metrics": metrics,
+    }
+    folder = Path(folder)
+    export_model(folder, model.cpu(), "stitch", body, provenance)
+    return folder
+
+
+def _provenance(cfg: StitchSearchConfig, run: Path, ckpt: Path) -> dict[str, Any]:
+    anchors = [{"name": a.name, "sha256": a.sha256} for a in cfg.anchors]
+    return {**data_provenance(cfg.data), "source": "snnet", "run_dir": str(run.resolve()),
+            "checkpoint_sha256": file_sha256(ckpt), "anchors": anchors}
+
+
+# --------------------------------------------------------------------------- pipelines
+def run_stitch_search(
+    cfg: StitchSearchConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> StitchOutcome:
+    """Run (or resume) SN-Net training and evaluation and write its files into ``out_dir``."""
+    data = load_data(cfg.data)
+    snnet = initialised_snnet(cfg, data)  # bad anchors fail here, before the run folder exists
+    out = prepare_run_dir(out_dir, cfg.to_json(), resume)
+    log.info("data: %s", data.describe())
+    log.info("SN-Net: %d anchors, %d configurations, %d stitching layers (least-squares init on %d images)",
+             snnet.space.num_anchors, len(snnet.space), len(snnet.stitch_layers), cfg.init_samples)
+    teacher = None
+    if cfg.train.distill_weight > 0:
+        # a frozen copy of the largest anchor as loaded, rebuilt the same way on resume
+        teacher = copy.deepcopy(snnet.anchors[largest_anchor(snnet)]).eval()
+    ckpt = out / SNNET_CHECKPOINT
+    history = train_network(snnet, data.search_train, cfg.train, choose=snnet.sample_active, teacher=teacher,
+                            checkpoint_path=ckpt, resume=resume, desc="snnet", progress=progress, on_step=on_step)
+    snnet.eval()
+    log.info("SN-Net checkpoint: %s", ckpt)
+
+    table = ResultsTable(out / RESULTS_FILE, RESULT_COLUMNS)
+    evaluate_configs(snnet, table, data, cfg.eval_batch_size, cfg.train.device, progress=progress)
+    log.info("results: %s", out / RESULTS_FILE)
+    rows = table.rows()
+    summary = _summarize(snnet, rows, out, data, f"{cfg.train.epochs} epochs")
+    exports: list[Path] = []
+    if cfg.export_front:
+        provenance = _provenance(cfg, out, ckpt)
+        for row in summary.front:
+            config = snnet.space.config(int(row["candidate"]))
+            folder = out / "exports" / export_dir_name(config)
+            exports.append(export_stitch_config(folder, snnet, config, data, cfg.eval_batch_size, cfg.train.device,
+                                                provenance, search_val_acc=row["val_acc"]))
+        log.info("exported %d Pareto-optimal models to %s", len(exports), out / "exports")
+    log.info("Pareto front: %s (%d of %d configurations)", out / "pareto.json", len(summary.front), len(rows))
+    return StitchOutcome(out, rows, summary, exports, history)
+
+
+def evaluate_run(
+    run_dir: str | Path, no_train: bool = False, out_dir: str | Path | None = None, progress: bool = True
+) -> StitchOutcome:
+    """Re-score every configuration of a run into ``out_dir`` (default
+    ``RUN/evaluate/checkpoint`` or, with ``no_train``, ``RUN/evaluate/init``).
+
+    Without ``no_train`` the weights come from the run's last checkpoint; with it, from the
+    anchor files plus the least-squares init, i.e. the network before any joint training.
+    """
+    run = Path(run_dir)
+    if no_train:
+        cfg = StitchSearchConfig.from_json(read_json(run / RUN_CONFIG, "run config"))
+        for ref in cfg.anchors:
+            if ref.sha256 and Path(ref.path).is_file() and file_sha256(Path(ref.path)) != ref.sha256:
+                raise ValueError(f"anchor {ref.name} file {ref.path}: changed since the run (SHA-256 differs)")
+        data = load_data(cfg.data)
+        snnet = initialised_snnet(cfg, data)
+    else:
+        cfg, data, snnet, _ = load_run(run)
+    what = "least-squares init" if no_train else "checkpoint"
+    out = Path(out_dir) if out_dir is not None else run / "evaluate" / ("init" if no_train else "checkpoint")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULTS_FILE).unlink(missing_ok=True)  # a re-evaluation starts from a clean table
+    table = ResultsTable(out / RESULTS_FILE, RESULT_COLUMNS)
+    evaluate_configs(snnet, table, data, cfg.eval_batch_size, cfg.train.device, progress=progress)
+    rows = table.rows()
+    summary = _summarize(snnet, rows, out, data, what)
+    log.info("evaluated %d configurations (%s): %s", len(rows), what, out.resolve())
+    return StitchOutcome(out, rows, summary)
+
+
+def export_from_run(run_dir: str | Path, config_id: int, out_dir: str | Path) -> Path:
+    """Export configuration ``config_id`` of a run with the weights of its last checkpoint."""
+    run = Path(run_dir)
+    cfg, data, snnet, _ = load_run(run)
+    snnet.space.validate(config_id)
+    recorded = None
+    if (run / RESULTS_FILE).exists():
+        rows = ResultsTable(run / RESULTS_FILE, RESULT_COLUMNS).rows()
+        recorded = next((r["val_acc"] for r in rows if str(r["candidate"]) == str(config_id)), None)
+    return export_stitch_config(out_dir, snnet, config_id, data, cfg.eval_batch_size,
+                                cfg.train.device, _provenance(cfg, run, run / SNNET_CHECKPOINT),
+                                search_val_acc=recorded)
+
+
+__all__ = [
+    "RESULTS_FILE", "SNNET_CHECKPOINT", "StitchOutcome", "StitchSearchConfig", "build_snnet", "config_row",
+    "evaluate_configs", "evaluate_run", "export_from_run", "export_stitch_config", "init_batch",
+    "initialised_snnet", "largest_anchor", "load_run", "load_state_strict", "run_stitch_search",
+]
