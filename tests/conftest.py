@@ -4,4 +4,10 @@ import os
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# The test models are tiny, so per-op overhead dominates: one thread per process is as fast and
+# stays fast when several processes (Ray workers, other jobs) share the 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402  (after the environment is set)
+
+torch.set_num_threads(1)
