@@ -1,0 +1,363 @@
+"""Learngene Pool ("Building Variable-sized Models via Learngene Pool", AAAI 2024, arXiv
+2312.05743; PyTorch code in ZhenuYang/Yuanmou ``learngene_methods/learngene_pool``).
+
+One large ViT (the teacher) is distilled into *auxiliary students*: ViTs with fewer blocks
+at two or more widths. Their blocks are the learngene instances; *descendants* are built by
+SN-Net paired stitching between the narrow and the wide student (both students plus the
+narrow -> wide stitches), so a pool can offer models smaller than any anchor of the
+teacher's own family. This module holds the pieces; training lives in
+:mod:`stitching.learngene_train`, the pipeline in :mod:`stitchnas.learngene_search`.
+
+Distillation loss of one student (official ``train_one_epoch_distill``, ``distill_loss='all'``
+without the attention term)::
+
+    loss = alpha * CE(student, labels)
+         + (1 - alpha) * (softCE(student / T, teacher / T) + sum_m MSE(h_s[m], P_m h_t[m]))
+
+``softCE`` is ``-sum_c softmax(teacher/T)_c * log_softmax(student/T)_c`` averaged over the
+batch (the official code also averages over classes, i.e. divides ours by the class count,
+and uses no ``T^2``). ``m`` runs over matched (teacher block, student block) pairs, ``h`` are
+raw block outputs (before the final norm) and ``P_m`` is a learnable teacher_dim -> student_dim
+*transformation matrix*, one per matched pair. Our matrices have no bias (the official
+``nn.Linear`` has one that its stitch initialisation ignores) and start orthogonal (identity
+for a student as wide as the teacher), so that ``P^T P`` is a projection and the transposed
+map used below keeps feature scale. (In the official code the matrices never reach the
+optimizer, which is built from the student alone, so they stay at their random init; here
+they are trained, without weight decay.)
+
+Stitch initialisation from the matrices (official ``initialize_stitching_weights(mode='ours')``):
+for a stitching layer from student ``a`` (width ``d_a``) to student ``b`` (width ``d_b``) let
+``A`` be the mean of ``a``'s matrices, shape ``(d_a, D)`` with ``D`` the teacher width. Since
+``h_a ~ h_t A^T``, the transpose ``A^T`` (shape ``(D, d_a)``, as an ``nn.Linear`` weight: ``d_a``
+in, ``D`` out) maps ``a``'s features back to teacher width. Then
+
+* ``d_b == D`` (the official tiny -> base case, base as wide as DeiT-B): weight ``= A^T``
+  exactly, bias ``= 0``. The wide student's own matrices are not used, as in the official
+  code: it is taken to live in the teacher's feature space.
+* ``d_b < D``: weight ``= B A^T`` with ``B`` the mean of ``b``'s matrices (teacher width ->
+  ``d_b``), bias ``= 0`` -- the composition in the official code's commented-out tiny -> small
+  branch.
+
+Every window of the pair gets the same weights. The official code leaves the bias at
+``nn.Linear``'s random init; we zero it so the init is deterministic. SN-Net's least-squares
+init (:meth:`~stitching.snnet.SNNet.init_stitching_layers`) remains available as the ablation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from searchspace.stitch import StitchSpace
+from stitching.snnet import SNNet, anchor_space, build_anchor
+from stitching.vit import VIT_FAMILY, VisionTransformer
+
+POOL_SPACE_NAME = "learngene_pool"
+MatchRule = Literal["end", "front_end"]
+Matches = Union[str, tuple[tuple[int, int], ...]]
+MATCH_RULES: tuple[str, ...] = ("end", "front_end")
+
+
+# --------------------------------------------------------------------------- students
+@dataclass(frozen=True)
+class StudentSpec:
+    """An auxiliary student: the teacher's architecture at another width and depth."""
+
+    name: str
+    embed_dim: int
+    num_heads: int
+    depth: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or not self.name.replace("_", "").isalnum():
+            raise ValueError(f"student 'name': expected a non-empty [A-Za-z0-9_] name, got {self.name!r}")
+        for key in ("embed_dim", "num_heads", "depth"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"student {self.name!r} '{key}': expected a positive int, got {value!r}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"student {self.name!r} 'num_heads': {self.num_heads} does not divide embed_dim {self.embed_dim}"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> "StudentSpec":
+        """``NAME:DIM:HEADS:DEPTH``, e.g. ``tiny:32:2:6``."""
+        parts = text.split(":")
+        if len(parts) != 4 or not all(p.strip().isdigit() for p in parts[1:]):
+            raise ValueError(f"student {text!r}: expected NAME:DIM:HEADS:DEPTH, e.g. tiny:32:2:6")
+        return cls(parts[0], int(parts[1]), int(parts[2]), int(parts[3]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "embed_dim": self.embed_dim, "num_heads": self.num_heads, "depth": self.depth}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "StudentSpec":
+        if not isinstance(data, dict) or set(data) != {"name", "embed_dim", "num_heads", "depth"}:
+            raise ValueError(f"student: expected an object with name, embed_dim, num_heads, depth, got {data!r}")
+        return cls(**data)
+
+
+def _check_teacher(teacher_config: dict[str, Any]) -> None:
+    if not isinstance(teacher_config, dict) or teacher_config.get("family") != VIT_FAMILY:
+        family = teacher_config.get("family") if isinstance(teacher_config, dict) else teacher_config
+        raise ValueError(f"learngene teacher: expected a ViT ('family': {VIT_FAMILY!r}), got family {family!r}")
+
+
+def student_config(teacher_config: dict[str, Any], spec: StudentSpec) -> dict[str, Any]:
+    """The teacher's constructor config with the student's width, heads and depth."""
+    _check_teacher(teacher_config)
+    width, depth = teacher_config["embed_dim"], teacher_config["depth"]
+    if spec.embed_dim > width:
+        raise ValueError(
+            f"student {spec.name!r} 'embed_dim': {spec.embed_dim} is wider than the teacher's {width} "
+            f"(teacher features are projected down to the student, expected <= {width})"
+        )
+    if spec.depth > depth:
+        raise ValueError(f"student {spec.name!r} 'depth': {spec.depth} blocks, expected <= the teacher's {depth}")
+    return {**teacher_config, "embed_dim": spec.embed_dim, "num_heads": spec.num_heads, "depth": spec.depth}
+
+
+def make_student(teacher_config: dict[str, Any], spec: StudentSpec) -> VisionTransformer:
+    """A freshly initialised student (timm's ViT init)."""
+    model = build_anchor(student_config(teacher_config, spec))
+    assert isinstance(model, VisionTransformer)  # internal: student_config keeps the ViT family
+    return model
+
+
+def default_students(teacher_config: dict[str, Any], depth: int | None = None) -> tuple[StudentSpec, ...]:
+    """The official pair for a teacher: ``tiny`` at half the teacher's width (DeiT-B 768 ->
+    384 would be 'small'; the digits family's tiny is half its base) and ``base`` at the
+    teacher's width, both with half its depth unless ``depth`` is given."""
+    _check_teacher(teacher_config)
+    width, heads = teacher_config["embed_dim"], teacher_config["num_heads"]
+    depth = depth if depth is not None else max(1, teacher_config["depth"] // 2)
+    tiny_heads = max(1, heads // 2)
+    tiny_dim = max(tiny_heads, (width // 2) // tiny_heads * tiny_heads)
+    return (StudentSpec("tiny", tiny_dim, tiny_heads, depth), StudentSpec("base", width, heads, depth))
+
+
+# --------------------------------------------------------------------------- matched blocks
+def parse_matches(text: str) -> Matches:
+    """``end``, ``front_end`` or explicit ``TEACHER:STUDENT`` block pairs, e.g. ``3:1,7:3,11:5``."""
+    if text in MATCH_RULES:
+        return text
+    pairs = []
+    for item in text.split(","):
+        t, sep, s = item.partition(":")
+        if not sep or not t.strip().lstrip("-").isdigit() or not s.strip().lstrip("-").isdigit():
+            raise ValueError(
+                f"matches {text!r}: expected one of {list(MATCH_RULES)} or TEACHER:STUDENT block pairs "
+                "like 3:1,7:3,11:5"
+            )
+        pairs.append((int(t), int(s)))
+    return tuple(pairs)
+
+
+def matched_blocks(matches: Matches, teacher_depth: int, student_depth: int) -> tuple[tuple[int, int], ...]:
+    """(teacher block, student block) pairs whose outputs the MSE term compares.
+
+    ``end``: the last blocks. ``front_end``: three evenly spaced points, block
+    ``(i + 1) * depth // 3 - 1`` of each network for i = 0, 1, 2 (teacher 3/7/11 <-> student
+    2/5/8 for 12 and 9 blocks, student 1/3/5 for 6 blocks, as the official code). Explicit
+    pairs are checked against both depths.
+    """
+    if isinstance(matches, str):
+        if matches == "end":
+            return ((teacher_depth - 1, student_depth - 1),)
+        if matches == "front_end":
+            if min(teacher_depth, student_depth) < 3:
+                raise ValueError(
+                    f"matches 'front_end': needs >= 3 blocks in teacher and student, got {teacher_depth} and "
+                    f"{student_depth} (use 'end' or explicit pairs)"
+                )
+            return tuple(((i + 1) * teacher_depth // 3 - 1, (i + 1) * student_depth // 3 - 1) for i in range(3))
+        raise ValueError(f"matches {matches!r}: expected one of {list(MATCH_RULES)} or (teacher, student) pairs")
+    pairs = tuple(tuple(p) for p in matches)
+    if not pairs:
+        raise ValueError("matches: expected at least one (teacher block, student block) pair, got none")
+    for pair in pairs:
+        if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+            raise ValueError(f"matches: expected (teacher block, student block) int pairs, got {pair!r}")
+        t, s = pair
+        if not (0 <= t < teacher_depth and 0 <= s < student_depth):
+            raise ValueError(
+                f"matches pair {t}:{s}: outside the networks (teacher blocks 0..{teacher_depth - 1}, "
+                f"student blocks 0..{student_depth - 1})"
+            )
+    return pairs  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- loss
+class TransformationMatrices(nn.Module):
+    """One learnable teacher_dim -> student_dim matrix per matched pair (no bias)."""
+
+    def __init__(self, teacher_dim: int, student_dim: int, count: int) -> None:
+        super().__init__()
+        if count < 1:
+            raise ValueError(f"transformation matrices 'count': expected >= 1, got {count}")
+        self.teacher_dim, self.student_dim = teacher_dim, student_dim
+        self.maps = nn.ModuleList(nn.Linear(teacher_dim, student_dim, bias=False) for _ in range(count))
+        with torch.no_grad():
+            for m in self.maps:
+                # orthonormal rows: P^T P is a projection, so the transposed map keeps scale
+                if student_dim == teacher_dim:
+                    m.weight.copy_(torch.eye(teacher_dim))
+                else:
+                    nn.init.orthogonal_(m.weight)
+
+    def forward(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        return self.maps[index](x)
+
+    def mean_weight(self) -> torch.Tensor:
+        """The average matrix, shape (student_dim, teacher_dim)."""
+        return torch.stack([m.weight for m in self.maps]).mean(0)
+
+
+def soft_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``-sum_c softmax(teacher / T) log_softmax(student / T)``, averaged over the batch."""
+    t = temperature
+    target = F.softmax(teacher_logits.float() / t, dim=-1)
+    return -(target * F.log_softmax(logits.float() / t, dim=-1)).sum(-1).mean()
+
+
+class LearngeneLoss(NamedTuple):
+    total: torch.Tensor
+    ce: torch.Tensor
+    soft: torch.Tensor
+    mse: torch.Tensor
+
+
+def learngene_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+    student_features: Sequence[torch.Tensor], projected_teacher_features: Sequence[torch.Tensor],
+    alpha: float = 0.1, temperature: float = 1.0,
+) -> LearngeneLoss:
+    """``alpha * CE + (1 - alpha) * (softCE + sum of MSEs)`` (see the module docstring).
+
+    ``projected_teacher_features[m]`` is the teacher's matched block output already mapped
+    to the student's width; ``student_features[m]`` the student's matched block output.
+    """
+    if len(student_features) != len(projected_teacher_features) or not student_features:
+        raise ValueError(
+            f"learngene loss: expected as many student as teacher features (>= 1), got "
+            f"{len(student_features)} and {len(projected_teacher_features)}"
+        )
+    ce = F.cross_entropy(logits.float(), labels)
+    soft = soft_cross_entropy(logits, teacher_logits, temperature)
+    mse = sum(F.mse_loss(s.float(), t.float()) for s, t in zip(student_features, projected_teacher_features))
+    assert isinstance(mse, torch.Tensor)  # internal: at least one pair
+    return LearngeneLoss(alpha * ce + (1 - alpha) * (soft + mse), ce, soft, mse)
+
+
+class LearngeneDistiller(nn.Module):
+    """The auxiliary students and their transformation matrices (the teacher stays outside:
+    frozen, and not part of this state dict)."""
+
+    def __init__(
+        self, teacher_config: dict[str, Any], students: Sequence[StudentSpec], matches: Matches = "front_end",
+        alpha: float = 0.1, temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not students:
+            raise ValueError("learngene 'students': expected at least one auxiliary student, got none")
+        names = [s.name for s in students]
+        if len(set(names)) != len(names):
+            raise ValueError(f"learngene 'students': expected distinct names, got {names}")
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"learngene 'alpha': expected 0..1, got {alpha}")
+        if not temperature > 0:
+            raise ValueError(f"learngene 'temperature': expected > 0, got {temperature}")
+        _check_teacher(teacher_config)
+        self.teacher_dim, self.teacher_depth = teacher_config["embed_dim"], teacher_config["depth"]
+        self.specs = tuple(students)
+        self.alpha, self.temperature = alpha, temperature
+        self.students = nn.ModuleList(make_student(teacher_config, s) for s in students)
+        self.matches = tuple(matched_blocks(matches, self.teacher_depth, s.depth) for s in students)
+        self.matrices = nn.ModuleList(
+            TransformationMatrices(self.teacher_dim, s.embed_dim, len(m)) for s, m in zip(students, self.matches)
+        )
+
+    def index(self, name: str) -> int:
+        for i, spec in enumerate(self.specs):
+            if spec.name == name:
+                return i
+        raise ValueError(f"learngene student {name!r}: unknown, expected one of {[s.name for s in self.specs]}")
+
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor, teacher_features: Sequence[torch.Tensor],
+        teacher_logits: torch.Tensor,
+    ) -> list[LearngeneLoss]:
+        """One loss per student; ``teacher_features`` is the teacher's ``block_features(x)``."""
+        losses = []
+        for student, mats, pairs in zip(self.students, self.matrices, self.matches):
+            feats = student.block_features(x)  # index 0: embedding, i + 1: block i
+            logits = student.forward_norm_head(feats[-1])
+            ours = [feats[s + 1] for _, s in pairs]
+            theirs = [mats(i, teacher_features[t + 1]) for i, (t, _) in enumerate(pairs)]
+            losses.append(learngene_loss(logits, teacher_logits, labels, ours, theirs, self.alpha, self.temperature))
+        return losses
+
+
+# --------------------------------------------------------------------------- pool
+def descendant_count(depths: Sequence[int], kernel_size: int = 2, stride: int = 1) -> int:
+    """Descendants of a pool of students with these depths (ordered narrow -> wide).
+
+    Two students of equal depth ``d`` with SN-Net's window (2, stride 1): ``2`` students plus
+    ``3d - 2`` stitch positions (4 in the first window, 3 in each of the next ``d - 2``), so
+    ``3d``: 18 for 6-block and 27 for 9-block students, as the official code's id lists.
+    """
+    if not depths:
+        raise ValueError("learngene pool: expected at least one learngene instance (student), got none")
+    return len(StitchSpace(tuple(depths), nearest=True, kernel_size=kernel_size, stride=stride))
+
+
+def build_pool(
+    students: Sequence[nn.Module], names: Sequence[str] | None = None, kernel_size: int = 2, stride: int = 1
+) -> SNNet:
+    """The descendants of ``students`` (ordered narrow -> wide): each student alone plus the
+    SN-Net paired stitches between neighbours (for two students: narrow -> wide only)."""
+    if not students:
+        raise ValueError("learngene pool: expected at least one learngene instance (student), got none")
+    widths = [int(s.config["embed_dim"]) for s in students]
+    if widths != sorted(widths):
+        raise ValueError(f"learngene pool: students must be ordered narrow -> wide, got widths {widths}")
+    space = anchor_space(students, names, nearest=True, kernel_size=kernel_size, stride=stride, name=POOL_SPACE_NAME)
+    return SNNet(students, space)
+
+
+def matrix_stitch_weight(front: TransformationMatrices, end: TransformationMatrices) -> torch.Tensor:
+    """The (d_end, d_front) stitching weight from learned matrices (module docstring)."""
+    if front.teacher_dim != end.teacher_dim:
+        raise ValueError(
+            f"transformation matrices: teacher widths differ ({front.teacher_dim} and {end.teacher_dim})"
+        )
+    back_to_teacher = front.mean_weight().detach().T  # (D, d_front)
+    if end.student_dim == end.teacher_dim:
+        return back_to_teacher.clone()
+    return end.mean_weight().detach() @ back_to_teacher
+
+
+@torch.no_grad()
+def init_stitches_from_matrices(pool: SNNet, matrices: Sequence[TransformationMatrices]) -> None:
+    """Set every stitching layer of ``pool`` from the pool students' matrices (same order as
+    the pool's anchors); biases are zeroed."""
+    if len(matrices) != pool.space.num_anchors:
+        raise ValueError(
+            f"init from matrices: the pool has {pool.space.num_anchors} students, got {len(matrices)} matrix sets"
+        )
+    for spec in pool.space.stitching_layers():
+        layer = pool.stitching_layer(spec.in_anchor, spec.out_anchor, spec.window)
+        weight = matrix_stitch_weight(matrices[spec.in_anchor], matrices[spec.out_anchor])
+        layer.set_weight_bias(weight, torch.zeros(weight.shape[0]))
+
+
+__all__ = [
+    "LearngeneDistiller", "LearngeneLoss", "MATCH_RULES", "POOL_SPACE_NAME", "StudentSpec", "TransformationMatrices",
+    "build_pool", "default_students", "descendant_count", "init_stitches_from_matrices", "learngene_loss",
+    "make_student", "matched_blocks", "matrix_stitch_weight", "parse_matches", "soft_cross_entropy", "student_config",
+]
