@@ -232,7 +232,8 @@ class SNNet(nn.Module):
         ]
 
     def num_params(self, config: StitchConfig | int | None = None) -> int:
-        """Parameters on a configuration's path (default: the active one)."""
+        """Parameters on a configuration's path (default: the active one), as exported: a
+        low-rank stitching layer counts as the plain layer it merges into (its ``transform``)."""
         config = self.resolve(config)
         anchors = self.anchors
         total = sum(p.numel() for p in anchors[config.route[0].anchor].export_embed().parameters())
@@ -241,7 +242,7 @@ class SNNet(nn.Module):
             blocks = anchors[seg.anchor].blocks[seg.first:seg.last + 1]
             total += sum(p.numel() for blk in blocks for p in blk.parameters())
         for a, b, _, _, w in config.junctions():
-            total += sum(p.numel() for p in self.stitching_layer(a, b, w).parameters())
+            total += sum(p.numel() for p in self.stitching_layer(a, b, w).transform.parameters())
         return total
 
     def resolve(self, config: StitchConfig | int | None) -> StitchConfig:

@@ -6,14 +6,21 @@ are trained too, at a lower learning rate than the stitching layers (its Swin re
 x0.1). Optionally the loss is distilled from a frozen teacher (here the largest anchor as
 loaded, before joint training), with a temperature-scaled KL term on the logits.
 
+Which configuration a step trains is pluggable (:class:`SamplingConfig`): SN-Net draws
+uniformly; SN-Netv2 (He et al., arXiv 2307.00154) uses resource-constrained sampling, ROS
+(:class:`~searchspace.samplers.FlopsGroupedSampler` over every configuration's analytic FLOPs):
+a FLOPs group first, then a member of it.
+
 Determinism follows :mod:`supernet.training`: batch order, configuration draws and any other
 randomness of epoch ``e`` come from generators seeded with ``(seed, e)``, and checkpoints are
-written at epoch boundaries, so a resumed run replays the uninterrupted one exactly.
+written at epoch boundaries, so a resumed run replays the uninterrupted one exactly. The ids a
+sampler drew are kept in the history (``configs`` per epoch), so they survive a resume too.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from searchspace.samplers import ConfigSampler, FlopsGroupedSampler, UniformSampler
 from stitchnas.io import atomic_torch_save, load_checkpoint
 from supernet.training import (
     TensorBatches, TrainHistory, autocast, cosine_lr, epoch_generator, epoch_rng, resolve_device,
@@ -34,6 +42,15 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KIND = "stitch_train"
 CHECKPOINT_VERSION = 1
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
+SAMPLERS: tuple[str, ...] = ("uniform", "ros")
+ROS_WEIGHTINGS: tuple[str, ...] = ("uniform", "linear")
+#: With no explicit gap, ROS uses the FLOPs range divided by this. A route's FLOPs are set mostly
+#: by how many blocks of the small anchor it runs (0..12 for SN-Netv2's depths), so the
+#: configurations sit in 13 tight clusters about range / 12 apart; half that spacing puts each
+#: cluster in its own group: for DeiT-S / a 24-block L (4.61-61.60 GFLOPs) it gives SN-Netv2's
+#: 13 groups [1, 12 x 11, 1], as its 1 GFLOP gap does. A gap of the full spacing would cut
+#: clusters apart at float-rounding whims.
+AUTO_GAP_STEPS = 24
 
 _TORCH_STREAM = 2  # generator stream for torch's global RNG (drop path); 0/1 are used elsewhere
 
@@ -104,6 +121,72 @@ class StitchTrainConfig:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How joint training picks the configuration of each step.
+
+    Args:
+        kind: ``"uniform"`` (SN-Net: every configuration equally likely) or ``"ros"``
+            (SN-Netv2's resource-constrained sampling: group configurations by FLOPs, draw a
+            group, then a member; see :class:`~searchspace.samplers.FlopsGroupedSampler`).
+        flops_gap_mflops: ROS grouping gap in MFLOPs (> 0). ``None``: the FLOPs range divided
+            by :data:`AUTO_GAP_STEPS`.
+        weighting: how ROS draws groups, ``"uniform"`` or ``"linear"`` (SN-Netv2's
+            ``--flops_sampling_k``: heavier groups more often).
+        k: the linear weighting's ``flops_sampling_k`` (> 0).
+
+    ``flops_gap_mflops`` and ``weighting`` belong to ROS; with ``kind="uniform"`` they must
+    keep their defaults, so a run config never records an option that did nothing.
+    """
+
+    kind: Literal["uniform", "ros"] = "uniform"
+    flops_gap_mflops: float | None = None
+    weighting: Literal["uniform", "linear"] = "uniform"
+    k: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SAMPLERS:
+            raise ValueError(f"sampling 'kind': expected one of {SAMPLERS}, got {self.kind!r}")
+        gap = self.flops_gap_mflops
+        if gap is not None and (isinstance(gap, bool) or not isinstance(gap, (int, float))
+                                or not 0 < gap < math.inf):
+            raise ValueError(f"sampling 'flops_gap_mflops': expected a finite number of MFLOPs > 0, got {gap!r}")
+        if self.weighting not in ROS_WEIGHTINGS:
+            raise ValueError(f"sampling 'weighting': expected one of {ROS_WEIGHTINGS}, got {self.weighting!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, float)) or not 0 < self.k < math.inf:
+            raise ValueError(f"sampling 'k': expected a finite number > 0, got {self.k!r}")
+        if self.kind == "uniform" and (gap is not None or self.weighting != "uniform"):
+            raise ValueError(
+                f"sampling: a FLOPs gap ({gap!r}) and group weighting ({self.weighting!r}) apply to "
+                "ROS sampling only (kind 'ros')"
+            )
+
+    def gap_flops(self, flops: Sequence[float]) -> float:
+        """The grouping gap in FLOPs for configurations costing ``flops``."""
+        if self.flops_gap_mflops is not None:
+            return float(self.flops_gap_mflops) * 1e6
+        spread = max(flops) - min(flops) if len(flops) else 0
+        return spread / AUTO_GAP_STEPS if spread > 0 else 1.0
+
+    def build(self, flops: Sequence[float]) -> ConfigSampler:
+        """The sampler over configurations ``0..len(flops) - 1`` costing ``flops`` (FLOPs)."""
+        if self.kind == "uniform":
+            return UniformSampler(len(flops))
+        return FlopsGroupedSampler(tuple(flops), self.gap_flops(flops), self.weighting, self.k)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "SamplingConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"sampling config: expected a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"sampling config: unknown fields {unknown}")
+        return cls(**data)
+
+
 def learning_rate(cfg: StitchTrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Peak-``lr`` schedule at ``step``: linear warm-up, then cosine decay to ``lr_min``."""
     warmup = min(cfg.warmup_epochs * steps_per_epoch, total_steps)
@@ -158,6 +241,7 @@ def train_network(
     train_data: torch.utils.data.TensorDataset,
     cfg: StitchTrainConfig,
     choose: Callable[[random.Random], Any] | None = None,
+    sampler: ConfigSampler | None = None,
     teacher: nn.Module | None = None,
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
@@ -172,6 +256,10 @@ def train_network(
             learning rates) or any classifier.
         choose: called with the epoch's generator before every step; for an SN-Net,
             ``snnet.sample_active`` (one uniformly drawn configuration per step).
+        sampler: instead of ``choose``, for an SN-Net: before every step
+            ``model.set_active(sampler.sample(rng))``; the drawn ids are recorded per epoch
+            (``history.epochs[e]["configs"]``). A :class:`UniformSampler` draws exactly what
+            ``snnet.sample_active`` draws.
         teacher: frozen model to distil from when ``cfg.distill_weight > 0``.
         checkpoint_path: written at every epoch boundary (and once before the first epoch).
         resume: continue from ``checkpoint_path`` if it exists (same recipe required).
@@ -180,6 +268,10 @@ def train_network(
     Returns:
         Per-epoch loss, training accuracy and the learning rate of every group.
     """
+    if choose is not None and sampler is not None:
+        raise ValueError("train_network: pass either 'choose' or 'sampler', not both")
+    if sampler is not None and not callable(getattr(model, "set_active", None)):
+        raise ValueError(f"train_network 'sampler': the model ({type(model).__name__}) has no set_active")
     device = resolve_device(cfg.device)
     model.to(device)
     teacher = teacher if cfg.distill_weight > 0 else None
@@ -216,6 +308,7 @@ def train_network(
     for epoch in bar:
         rng, gen = epoch_rng(cfg.seed, epoch), epoch_generator(cfg.seed, epoch)
         loss_sum, correct, seen = 0.0, 0, 0
+        drawn: list[int] = []
         fork = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork):
             # drop path draws from torch's global RNG: seed it per epoch so a resume replays it
@@ -224,6 +317,9 @@ def train_network(
                 step = epoch * steps_per_epoch + i
                 if choose is not None:
                     choose(rng)
+                elif sampler is not None:
+                    drawn.append(sampler.sample(rng))
+                    model.set_active(drawn[-1])
                 lr = learning_rate(cfg, step, total_steps, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
@@ -234,6 +330,8 @@ def train_network(
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen),
                                   "train_acc": 100.0 * correct / max(1, seen)}
         record.update({f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)})
+        if sampler is not None:
+            record["configs"] = drawn
         history.epochs.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}")
         save(epoch + 1)
@@ -260,17 +358,19 @@ def _step(
 
 
 def sampled_configs(num_configs: int, cfg: StitchTrainConfig, steps_per_epoch: int,
-                    epochs: Sequence[int] | None = None) -> list[int]:
-    """The configuration ids :func:`train_network` draws with ``SNNet.sample_active`` (one per
-    step, ``random.Random.randrange`` on the epoch generator), without training anything."""
+                    epochs: Sequence[int] | None = None, sampler: ConfigSampler | None = None) -> list[int]:
+    """The configuration ids :func:`train_network` draws (one per step from the epoch
+    generator) with ``sampler``, or by default with ``SNNet.sample_active`` (uniform), without
+    training anything."""
+    sampler = sampler if sampler is not None else UniformSampler(num_configs)
     ids = []
     for epoch in epochs if epochs is not None else range(cfg.epochs):
         rng = epoch_rng(cfg.seed, epoch)
-        ids.extend(rng.randrange(num_configs) for _ in range(steps_per_epoch))
+        ids.extend(sampler.sample(rng) for _ in range(steps_per_epoch))
     return ids
 
 
 __all__ = [
-    "OPTIMIZERS", "StitchTrainConfig", "build_optimizer", "distillation_loss", "learning_rate",
-    "param_groups", "sampled_configs", "train_network",
+    "AUTO_GAP_STEPS", "OPTIMIZERS", "ROS_WEIGHTINGS", "SAMPLERS", "SamplingConfig", "StitchTrainConfig",
+    "build_optimizer", "distillation_loss", "learning_rate", "param_groups", "sampled_configs", "train_network",
 ]

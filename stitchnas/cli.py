@@ -416,12 +416,43 @@ def cmd_stitch_train(args: argparse.Namespace) -> int:
         args.epochs = 0
     train_cfg = stitch_train_config_from_args(args, anchor_lr_scale=args.anchor_lr_scale,
                                               distill_weight=args.distill, distill_temperature=args.distill_temperature)
-    cfg = StitchSearchConfig(anchors=tuple(_stitch_anchor_refs(args, data_spec)), data=data_spec, train=train_cfg,
+    version_options = stitch_version_options_from_args(args)
+    anchors = tuple(_stitch_anchor_refs(args, data_spec))
+    if args.version == "v2" and len(anchors) > 2:
+        log.info("SN-Netv2 stitches two anchors: %s (small) and %s (large), the first and last of %d",
+                 anchors[0].name, anchors[-1].name, len(anchors))
+    cfg = StitchSearchConfig(anchors=anchors, data=data_spec, train=train_cfg,
                              init_samples=args.init_samples, nearest=not args.all_pairs,
-                             export_front=not args.no_export)
+                             export_front=not args.no_export, **version_options)
     outcome = run_stitch_search(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     _print_stitch_front(outcome)
     return 0
+
+
+def stitch_version_options_from_args(args: argparse.Namespace) -> dict:
+    """``version``, ``route_types``, ``sampling`` and ``lora_rank`` of a ``stitch train`` run;
+    options left unset take the version's defaults (v1: uniform, plain layers; v2: ROS, rank 4)."""
+    from stitching.trainer import SamplingConfig
+
+    v2 = args.version == "v2"
+    route_types = None
+    if args.routes is not None:
+        if not v2:
+            raise ValueError(f"--routes {args.routes!r}: route filters are SN-Netv2's; add --version v2")
+        route_types = tuple(t.strip() for t in args.routes.split(","))
+        if not all(route_types):
+            raise ValueError(f"--routes {args.routes!r}: expected comma-separated route types, e.g. fs,sf,fsf,sfs")
+    if v2 and args.all_pairs:
+        raise ValueError("--all-pairs: shapes SN-Net's space (--version v1); SN-Netv2 stitches two anchors")
+    kind = args.sampler or ("ros" if v2 else "uniform")
+    if kind != "ros" and (args.flops_gap is not None or args.ros_weighting is not None):
+        raise ValueError("--flops-gap / --ros-weighting: apply to ROS sampling only (--sampler ros)")
+    if args.flops_gap is not None and not args.flops_gap > 0:
+        raise ValueError(f"--flops-gap {args.flops_gap}: expected a FLOPs gap in MFLOPs > 0")
+    sampling = SamplingConfig(kind, args.flops_gap, args.ros_weighting or "uniform")
+    if args.lora_rank is not None and args.lora_rank < 0:
+        raise ValueError(f"--lora-rank {args.lora_rank}: expected a rank >= 0 (0: plain stitching layers)")
+    return {"version": args.version, "route_types": route_types, "sampling": sampling, "lora_rank": args.lora_rank}
 
 
 def _print_stitch_front(outcome) -> None:
@@ -445,21 +476,22 @@ def cmd_stitch_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_stitch_export(args: argparse.Namespace) -> int:
     from stitchnas.export import load_model
-    from stitchnas.stitch_search import export_from_run
+    from stitchnas.stitch_search import export_from_run, parse_route
 
-    try:
-        config_id = int(args.config)
-    except ValueError:
-        raise ValueError(f"--config {args.config!r}: expected a configuration id (see results.csv)") from None
-    folder = export_from_run(args.run, config_id, args.out)
+    config = args.config.strip()
+    if not config.isdigit() and parse_route(config) is None:
+        raise ValueError(f"--config {args.config!r}: expected a configuration id (see results.csv) "
+                         "or a route such as a0.0-3_a1.4-11 (a<anchor>.<first>-<last> per segment)")
+    folder = export_from_run(args.run, int(config) if config.isdigit() else config, args.out)
     _, record = load_model(folder, return_record=True)
+    config_id = record["config"]["id"]
     print(f"exported configuration {config_id} ({record['label']}, {record['flops'] / 1e6:.3f} MFLOPs, "
           f"test accuracy {record['metrics']['test_acc']:.2f}%) to {Path(folder).resolve()}")
     return 0
 
 
 def add_stitch_commands(sub: argparse._SubParsersAction) -> None:
-    """``stitchnas anchors train`` and ``stitchnas stitch train|evaluate|export`` (SN-Net)."""
+    """``stitchnas anchors train`` and ``stitchnas stitch train|evaluate|export`` (SN-Net, SN-Netv2)."""
     anchors = sub.add_parser("anchors", help="anchor families for stitching").add_subparsers(
         dest="anchors_kind", required=True)
     p = anchors.add_parser("train", help="train a family of 3 anchors (small -> large) standalone, resumable")
@@ -470,7 +502,7 @@ def add_stitch_commands(sub: argparse._SubParsersAction) -> None:
     add_run_args(p, "runs/anchors")
     p.set_defaults(handler=cmd_anchors_train)
 
-    stitch = sub.add_parser("stitch", help="Stitchable Neural Networks (SN-Net)").add_subparsers(
+    stitch = sub.add_parser("stitch", help="Stitchable Neural Networks (SN-Net, SN-Netv2)").add_subparsers(
         dest="stitch_kind", required=True)
     p = stitch.add_parser("train", help="least-squares init, joint training, evaluation of every configuration")
     g = p.add_argument_group("anchors")
@@ -487,6 +519,22 @@ def add_stitch_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--init-samples", type=int, default=100, help="images for the least-squares init (SN-Net: 100)")
     g.add_argument("--all-pairs", action="store_true", help="stitch every anchor sequence, not only neighbours")
     g.add_argument("--no-train", action="store_true", help="stop after the least-squares init (same as --epochs 0)")
+    g = p.add_argument_group("SN-Netv2 (--version v2) and its options")
+    g.add_argument("--version", default="v1", choices=("v1", "v2"),
+                   help="v1: SN-Net (neighbouring anchors, one-way stitches); v2: SN-Netv2 (first and last anchor, "
+                        "two-way FS/SF/FSF/SFS stitches, ROS sampling, low-rank stitching layers)")
+    g.add_argument("--routes", default=None, metavar="TYPES",
+                   help="v2: comma-separated route types to keep, from fs,sf,fsf,sfs (default: all)")
+    g.add_argument("--sampler", default=None, choices=("uniform", "ros"),
+                   help="configuration drawn per training step (default: v1 uniform, v2 ros)")
+    g.add_argument("--flops-gap", type=float, default=None, metavar="MFLOPS",
+                   help="ROS: FLOPs grouping gap in MFLOPs, > 0 (default: the FLOPs range / 24, which gives "
+                        "SN-Netv2's 13 groups for 12-block small anchors)")
+    g.add_argument("--ros-weighting", default=None, choices=("uniform", "linear"),
+                   help="ROS: draw FLOPs groups uniformly (default) or linearly favouring heavier ones")
+    g.add_argument("--lora-rank", type=int, default=None, metavar="R",
+                   help="low-rank stitching layers of rank R, base frozen at the least-squares map; 0: plain "
+                        "layers (default: v1 0, v2 4)")
     p.add_argument("--no-export", action="store_true", help="skip exporting the Pareto-optimal models")
     add_run_args(p, "runs/stitch")
     p.set_defaults(handler=cmd_stitch_train)
@@ -500,7 +548,8 @@ def add_stitch_commands(sub: argparse._SubParsersAction) -> None:
 
     p = stitch.add_parser("export", help="export one configuration of a run as a standalone model")
     p.add_argument("--run", required=True, help="a 'stitchnas stitch train' run folder")
-    p.add_argument("--config", required=True, help="configuration id (column 'candidate' of results.csv)")
+    p.add_argument("--config", required=True,
+                   help="configuration id (column 'candidate' of results.csv) or route, e.g. a0.0-3_a1.4-11")
     p.add_argument("--out", required=True, help="folder for model.json and model.pt")
     p.set_defaults(handler=cmd_stitch_export)
 

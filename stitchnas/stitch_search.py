@@ -3,6 +3,16 @@
 on one batch, train it jointly, score every configuration on ``search_val``, compute the
 FLOPs-vs-accuracy Pareto front and export its members as standalone models.
 
+``version="v2"`` runs SN-Netv2 (He et al., "Stitched ViTs are Flexible Vision Backbones",
+arXiv 2307.00154, ECCV 2024) through the same stages and files: the first and last anchors
+given (small -> large), the two-way :class:`~searchspace.stitch_v2.StitchSpaceV2` (FS, SF, FSF,
+SFS routes, filterable), resource-constrained sampling (ROS) in training, and low-rank
+stitching layers (:class:`~stitching.lowrank.LowRankStitchingLayer`) whose frozen base is
+the least-squares map. SN-Netv2 has one layer per stitch boundary and direction, at the one
+position the two-segment (FS / SF) route uses, so the least-squares init fits exactly those
+positions and the three-segment routes reuse the layers. Exports merge the low-rank update
+into plain stitching layers, so ``stitchnas.load_model`` rebuilds them like SN-Net exports.
+
 Files in a run folder (mirroring :mod:`stitchnas.pooling_search`): ``run_config.json``,
 ``snnet.pt`` (epoch checkpoints; epoch 0 is the least-squares init), ``results.csv`` (one
 row per configuration, :data:`~stitchnas.front.RESULT_COLUMNS`), ``pareto.json``,
@@ -14,22 +24,27 @@ writes.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from searchspace.stitch import StitchConfig
+from searchspace.samplers import ConfigSampler, FlopsGroupedSampler
+from searchspace.stitch import Segment, StitchConfig
+from searchspace.stitch_v2 import ROUTE_TYPES, StitchSpaceV2
 from stitching.anchors_train import AnchorRef, check_anchor_data, load_anchors
 from stitching.flops import flops_table
-from stitching.snnet import SNNet, build_anchor, stitched_model_config
-from stitching.trainer import StitchTrainConfig, train_network
+from stitching.lowrank import LowRankStitchingLayer
+from stitching.snnet import SNNet, anchor_space, build_anchor, check_compatible, stitched_model_config
+from stitching.trainer import SamplingConfig, StitchTrainConfig, train_network
 from stitchnas.data import DataSpec, DataSplits, load_data
 from stitchnas.export import export_model
 from stitchnas.front import RESULT_COLUMNS, FrontSummary, summarize_front
@@ -43,6 +58,10 @@ log = logging.getLogger(__name__)
 SNNET_CHECKPOINT = "snnet.pt"
 RESULTS_FILE = "results.csv"
 _INIT_STREAM = 4  # generator stream choosing the least-squares batch (0-3 are used in training)
+VERSIONS: tuple[str, ...] = ("v1", "v2")
+#: SN-Netv2's LoRA rank default here (SN-Netv2: 64 on ImageNet, 4 or 16 for segmentation); the
+#: digits presets are 32-64 wide
+V2_LORA_RANK = 4
 
 
 @dataclass(frozen=True)
@@ -50,7 +69,14 @@ class StitchSearchConfig:
     """One SN-Net run: anchors (small -> large), data, training recipe and space options.
 
     ``init_samples`` images of ``search_train`` fit the stitching layers (SN-Net: 100);
-    ``nearest``, ``kernel_size`` and ``stride`` shape the space (SN-Net: True, 2, 1).
+    ``nearest``, ``kernel_size`` and ``stride`` shape the SN-Net space (SN-Net: True, 2, 1).
+
+    ``version`` selects SN-Net (``"v1"``) or SN-Netv2 (``"v2"``). With ``"v2"`` only the first
+    and last anchors are kept (small -> large), ``route_types`` filters the two-way space
+    (default: all of ``fs``, ``sf``, ``sfs``, ``fsf``), and the defaults of the two options
+    both versions share change: ``sampling`` (v1 uniform, v2 ROS with an automatic gap) and
+    ``lora_rank`` (v1 0 = plain stitching layers, v2 :data:`V2_LORA_RANK`). The resolved values
+    are what ``to_json`` records.
     """
 
     anchors: tuple[AnchorRef, ...]
@@ -62,6 +88,10 @@ class StitchSearchConfig:
     stride: int = 1
     eval_batch_size: int = 256
     export_front: bool = True
+    version: Literal["v1", "v2"] = "v1"
+    route_types: tuple[str, ...] | None = None
+    sampling: SamplingConfig | None = None
+    lora_rank: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "anchors", tuple(self.anchors))
@@ -71,13 +101,48 @@ class StitchSearchConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"stitch search '{key}': expected an int >= 1, got {value!r}")
+        if self.version not in VERSIONS:
+            raise ValueError(f"stitch search 'version': expected one of {VERSIONS}, got {self.version!r}")
+        v2 = self.version == "v2"
+        if not v2 and self.route_types is not None:
+            raise ValueError(
+                f"stitch search 'route_types': route filters are SN-Netv2's, for version 'v2' only, "
+                f"got {list(self.route_types)} with version 'v1'"
+            )
+        if v2:
+            if not (self.nearest and self.kernel_size == 2 and self.stride == 1):
+                raise ValueError(
+                    "stitch search: 'nearest', 'kernel_size' and 'stride' shape SN-Net's space (version 'v1'); "
+                    f"version 'v2' takes the defaults, got {self.nearest}/{self.kernel_size}/{self.stride}"
+                )
+            object.__setattr__(self, "anchors", (self.anchors[0], self.anchors[-1]))
+            types = ROUTE_TYPES if self.route_types is None else self.route_types
+            types = (types,) if isinstance(types, str) else tuple(types)
+            if not types or any(t not in ROUTE_TYPES for t in types) or len(set(types)) != len(types):
+                raise ValueError(
+                    f"stitch search 'route_types': expected distinct values from {list(ROUTE_TYPES)} "
+                    f"(at least one), got {list(types)}"
+                )
+            object.__setattr__(self, "route_types", tuple(t for t in ROUTE_TYPES if t in types))
+        if self.sampling is None:
+            object.__setattr__(self, "sampling", SamplingConfig("ros") if v2 else SamplingConfig())
+        elif not isinstance(self.sampling, SamplingConfig):
+            raise ValueError(f"stitch search 'sampling': expected a SamplingConfig, got {self.sampling!r}")
+        if self.lora_rank is None:
+            object.__setattr__(self, "lora_rank", V2_LORA_RANK if v2 else 0)
+        rank = self.lora_rank
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise ValueError(f"stitch search 'lora_rank': expected an int >= 0 (0: plain stitching layers), "
+                             f"got {rank!r}")
 
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": "stitch_search", "anchors": [a.to_json() for a in self.anchors], "data": asdict(self.data),
             "train": self.train.to_json(), "init_samples": self.init_samples, "nearest": self.nearest,
             "kernel_size": self.kernel_size, "stride": self.stride, "eval_batch_size": self.eval_batch_size,
-            "export_front": self.export_front,
+            "export_front": self.export_front, "version": self.version,
+            "route_types": list(self.route_types) if self.route_types is not None else None,
+            "sampling": self.sampling.to_json(), "lora_rank": self.lora_rank,
         }
 
     @classmethod
@@ -85,11 +150,17 @@ class StitchSearchConfig:
         if not isinstance(data, dict) or data.get("kind") != "stitch_search":
             raise ValueError("run config: not an SN-Net run (expected kind 'stitch_search')")
         try:
+            # run folders written before SN-Netv2 was wired have no version options: SN-Net defaults
+            sampling = data.get("sampling")
             return cls(
                 anchors=tuple(AnchorRef.from_json(a) for a in data["anchors"]), data=DataSpec(**data["data"]),
                 train=StitchTrainConfig.from_json(data["train"]),
                 **{k: data[k] for k in ("init_samples", "nearest", "kernel_size", "stride", "eval_batch_size",
                                         "export_front")},
+                version=data.get("version", "v1"),
+                route_types=tuple(data["route_types"]) if data.get("route_types") is not None else None,
+                sampling=SamplingConfig.from_json(sampling) if sampling is not None else None,
+                lora_rank=data.get("lora_rank"),
             )
         except (KeyError, TypeError) as err:
             raise ValueError(f"run config: malformed SN-Net run ({type(err).__name__}: {err})") from err
@@ -106,17 +177,39 @@ class StitchOutcome:
 
 # --------------------------------------------------------------------------- building
 def build_snnet(cfg: StitchSearchConfig, data: DataSplits, weights: bool = True) -> SNNet:
-    """The SN-Net of ``cfg``'s anchors; ``weights=False`` skips the anchor files (the caller
-    loads a checkpoint instead). Raises ValueError for unstitchable anchors or data."""
+    """The SN-Net (or SN-Netv2) of ``cfg``'s anchors; ``weights=False`` skips the anchor files
+    (the caller loads a checkpoint instead). Raises ValueError for unstitchable anchors or data,
+    or a low-rank ``lora_rank`` larger than a stitching layer's widths."""
     if weights:
         anchors = load_anchors(cfg.anchors)
     else:
         anchors = [build_anchor(dict(a.config)) for a in cfg.anchors]
     names = [a.name for a in cfg.anchors]
-    snnet = SNNet.from_anchors(anchors, names=names, nearest=cfg.nearest, kernel_size=cfg.kernel_size,
-                               stride=cfg.stride, name=f"snnet_{anchors[0].config['family']}")
+    family = anchors[0].config["family"]
+    if cfg.version == "v2":
+        check_compatible(anchors, names)
+        for name, anchor in zip(names, anchors):
+            if len(anchor.stage_depths) != 1:
+                raise ValueError(
+                    f"stitch search version 'v2': SN-Netv2 stitches single-stage anchors (ViTs); anchor {name} "
+                    f"has stage depths {list(anchor.stage_depths)}"
+                )
+        space: Any = StitchSpaceV2((len(anchors[0].blocks), len(anchors[1].blocks)), names=tuple(names),
+                                   route_types=cfg.route_types or ROUTE_TYPES, name=f"snnetv2_{family}")
+    else:
+        space = anchor_space(anchors, names, nearest=cfg.nearest, kernel_size=cfg.kernel_size, stride=cfg.stride,
+                             name=f"snnet_{family}")
+    factory = functools.partial(LowRankStitchingLayer, rank=cfg.lora_rank) if cfg.lora_rank else None
+    snnet = SNNet(anchors, space, layer_factory=factory)
     check_anchor_data(anchors, names, data)
     return snnet
+
+
+def training_sampler(cfg: StitchSearchConfig, snnet: SNNet) -> ConfigSampler:
+    """The configuration sampler joint training uses: ``cfg.sampling`` over the analytic
+    FLOPs of every configuration (uniform for SN-Net, ROS for SN-Netv2 by default)."""
+    assert cfg.sampling is not None  # resolved in __post_init__
+    return cfg.sampling.build(flops_table(snnet))
 
 
 def init_batch(data: DataSplits, num_samples: int, seed: int) -> torch.Tensor:
@@ -204,8 +297,9 @@ def evaluate_configs(
 
 def _summarize(snnet: SNNet, rows: list[dict[str, Any]], out: Path, data: DataSplits, what: str) -> FrontSummary:
     family = snnet.anchors[0].config["family"]
+    method = "SN-Netv2" if isinstance(snnet.space, StitchSpaceV2) else "SN-Net"
     return summarize_front(rows, out, default_candidate=str(largest_anchor(snnet)),
-                           title=f"SN-Net ({family}, {len(snnet.space)} configurations, {what}) on {data.name}")
+                           title=f"{method} ({family}, {len(snnet.space)} configurations, {what}) on {data.name}")
 
 
 # --------------------------------------------------------------------------- export
@@ -216,7 +310,47 @@ def data_provenance(spec: DataSpec) -> dict[str, Any]:
 
 def export_dir_name(config: StitchConfig) -> str:
     """E.g. ``024_a0.0-7_a1.7-11`` (id, then anchor.first-last per segment)."""
-    return f"{config.id:03d}_" + "_".join(f"a{s.anchor}.{s.first}-{s.last}" for s in config.route)
+    return f"{config.id:03d}_" + route_text(config.route)
+
+
+def route_text(route: Sequence[Segment]) -> str:
+    """``a0.0-7_a1.7-11``: ``a<anchor>.<first>-<last>`` per segment (the inverse of :func:`parse_route`)."""
+    return "_".join(f"a{s.anchor}.{s.first}-{s.last}" for s in route)
+
+
+_SEGMENT = r"a(\d+)\.(\d+)-(\d+)"
+
+
+def parse_route(text: str) -> tuple[Segment, ...] | None:
+    """Segments of a route written as :func:`route_text` does (``_`` or ``,`` between segments),
+    or ``None`` when ``text`` is not written that way."""
+    text = text.strip()
+    if not re.fullmatch(rf"{_SEGMENT}([_,]{_SEGMENT})*", text):
+        return None
+    return tuple(Segment(*(int(v) for v in m)) for m in re.findall(_SEGMENT, text))
+
+
+def find_config(snnet: SNNet, config: int | str) -> StitchConfig:
+    """A configuration of ``snnet`` from its id or its route text (see :func:`route_text`).
+
+    An SN-Netv2 route that does not run through the network once (a gap, an overlap, not
+    starting at block 0, ...) is named with what is wrong with it. Raises ValueError."""
+    if isinstance(config, str) and config.strip().isdigit():
+        config = int(config)
+    if not isinstance(config, str):
+        return snnet.space.config(config)
+    route = parse_route(config)
+    if route is None:
+        raise ValueError(
+            f"stitch config {config!r}: expected a configuration id or a route such as 'a0.0-3_a1.4-11' "
+            "(a<anchor>.<first>-<last> per segment)"
+        )
+    if isinstance(snnet.space, StitchSpaceV2):
+        return snnet.space.find(route)
+    found = [c for c in snnet.space if c.route == route]
+    if not found:
+        raise ValueError(f"stitch route {config!r}: not a configuration of space {snnet.space.name!r}")
+    return found[0]
 
 
 def export_stitch_config(
@@ -250,8 +384,8 @@ def export_stitch_config(
 
 def _provenance(cfg: StitchSearchConfig, run: Path, ckpt: Path) -> dict[str, Any]:
     anchors = [{"name": a.name, "sha256": a.sha256} for a in cfg.anchors]
-    return {**data_provenance(cfg.data), "source": "snnet", "run_dir": str(run.resolve()),
-            "checkpoint_sha256": file_sha256(ckpt), "anchors": anchors}
+    return {**data_provenance(cfg.data), "source": "snnetv2" if cfg.version == "v2" else "snnet",
+            "run_dir": str(run.resolve()), "checkpoint_sha256": file_sha256(ckpt), "anchors": anchors}
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -267,14 +401,20 @@ def run_stitch_search(
     snnet = initialised_snnet(cfg, data)  # bad anchors fail here, before the run folder exists
     out = prepare_run_dir(out_dir, cfg.to_json(), resume)
     log.info("data: %s", data.describe())
-    log.info("SN-Net: %d anchors, %d configurations, %d stitching layers (least-squares init on %d images)",
-             snnet.space.num_anchors, len(snnet.space), len(snnet.stitch_layers), cfg.init_samples)
+    layers = f"low-rank r={cfg.lora_rank}" if cfg.lora_rank else "plain"
+    log.info("SN-Net%s: %d anchors, %d configurations, %d %s stitching layers (least-squares init on %d images)",
+             "v2" if cfg.version == "v2" else "", snnet.space.num_anchors, len(snnet.space), len(snnet.stitch_layers),
+             layers, cfg.init_samples)
+    sampler = training_sampler(cfg, snnet)
+    if isinstance(sampler, FlopsGroupedSampler):
+        log.info("ROS sampling: %d FLOPs groups (gap %.4g MFLOPs, %s weighting), sizes %s", len(sampler.groups()),
+                 sampler.gap / 1e6, sampler.weighting, [len(g) for g in sampler.groups()])
     teacher = None
     if cfg.train.distill_weight > 0:
         # a frozen copy of the largest anchor as loaded, rebuilt the same way on resume
         teacher = copy.deepcopy(snnet.anchors[largest_anchor(snnet)]).eval()
     ckpt = out / SNNET_CHECKPOINT
-    history = train_network(snnet, data.search_train, cfg.train, choose=snnet.sample_active, teacher=teacher,
+    history = train_network(snnet, data.search_train, cfg.train, sampler=sampler, teacher=teacher,
                             checkpoint_path=ckpt, resume=resume, desc="snnet", progress=progress, on_step=on_step)
     snnet.eval()
     log.info("SN-Net checkpoint: %s", ckpt)
@@ -328,11 +468,12 @@ def evaluate_run(
     return StitchOutcome(out, rows, summary)
 
 
-def export_from_run(run_dir: str | Path, config_id: int, out_dir: str | Path) -> Path:
-    """Export configuration ``config_id`` of a run with the weights of its last checkpoint."""
+def export_from_run(run_dir: str | Path, config_id: int | str, out_dir: str | Path) -> Path:
+    """Export one configuration of a run (its id, or its route as :func:`route_text` writes it)
+    with the weights of its last checkpoint."""
     run = Path(run_dir)
     cfg, data, snnet, _ = load_run(run)
-    snnet.space.validate(config_id)
+    config_id = find_config(snnet, config_id).id
     recorded = None
     if (run / RESULTS_FILE).exists():
         rows = ResultsTable(run / RESULTS_FILE, RESULT_COLUMNS).rows()
@@ -343,7 +484,8 @@ def export_from_run(run_dir: str | Path, config_id: int, out_dir: str | Path) ->
 
 
 __all__ = [
-    "RESULTS_FILE", "SNNET_CHECKPOINT", "StitchOutcome", "StitchSearchConfig", "build_snnet", "config_row",
-    "evaluate_configs", "evaluate_run", "export_from_run", "export_stitch_config", "init_batch",
-    "initialised_snnet", "largest_anchor", "load_run", "load_state_strict", "run_stitch_search",
+    "RESULTS_FILE", "SNNET_CHECKPOINT", "V2_LORA_RANK", "VERSIONS", "StitchOutcome", "StitchSearchConfig",
+    "build_snnet", "config_row", "evaluate_configs", "evaluate_run", "export_from_run", "export_stitch_config",
+    "find_config", "init_batch", "initialised_snnet", "largest_anchor", "load_run", "load_state_strict",
+    "parse_route", "route_text", "run_stitch_search", "training_sampler",
 ]

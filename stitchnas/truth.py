@@ -157,15 +157,15 @@ def load_truth(paths: str | Path | Sequence[str | Path], space: PoolingSpace | N
 def seed_noise(paths: str | Path | Sequence[str | Path]) -> dict[str, float]:
     """Spread across configurations against noise across seeds, in accuracy points."""
     rows = read_truth_rows(paths)
-    per_config = rows.groupby("candidate")["test_acc"]
-    means = per_config.mean()
-    seed_ranges = per_config.max() - per_config.min()
+    means = rows.groupby("candidate")["test_acc"].mean()
+    # Seed noise only from configurations trained with more than one seed.
+    repeated = rows.groupby("candidate").filter(lambda g: len(g) > 1).groupby("candidate")["test_acc"]
+    ranges = repeated.max() - repeated.min()
     return {
         "configs": int(len(means)),
+        "configs_with_seeds": int(repeated.ngroups),
         "spread": float(means.max() - means.min()),
-        "mean_seed_std": float(per_config.std().mean()),
-        "max_seed_range": float(seed_ranges.max()),
-        "mean_seed_range": float(seed_ranges.mean()),
+        "mean_seed_std": float(repeated.std().mean()) if repeated.ngroups else float("nan"),
+        "max_seed_range": float(ranges.max()) if repeated.ngroups else float("nan"),
+        "mean_seed_range": float(ranges.mean()) if repeated.ngroups else float("nan"),
     }
-
-
