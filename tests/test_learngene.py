@@ -40,14 +40,6 @@ FINETUNE = StitchTrainConfig(epochs=1, batch_size=32, lr=1e-3, anchor_lr_scale=1
 NUM_DESCENDANTS = 6  # two 2-block students: 2 + 3 * 2 - 2 positions
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data():
     return load_data(DATA)

@@ -16,14 +16,6 @@ from stitchnas.cli import main
 QUICK = ["--input-size", "8", "--max-train-samples", "200", "--epochs", "1", "--no-progress", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_cli(capsys, *argv):
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()

@@ -32,15 +32,6 @@ STEPS_PER_EPOCH = 3
 NUM_CONFIGS = 3 + 2 * 7  # three depth-3 anchors: 7 positions per neighbouring pair
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: one thread is several times faster than two contending on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data():
     return load_data(DATA)

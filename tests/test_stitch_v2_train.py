@@ -42,14 +42,6 @@ QUICK = ["--input-size", "8", "--max-train-samples", "240", "--seed", "1", "--ep
          "--init-samples", "40", "--no-progress", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data():
     return load_data(DATA)
