@@ -35,7 +35,7 @@ from stitching.snnet import build_anchor
 from stitching.trainer import StitchTrainConfig, train_network
 from stitching.vit import VIT_PRESETS, create_vit, load_checkpoint
 from stitchnas.data import DataSpec, DataSplits, load_data
-from stitchnas.io import atomic_torch_save, atomic_write_json, file_sha256, read_json
+from stitchnas.io import atomic_torch_save, atomic_write_json, file_sha256, read_json, read_versioned_json
 from stitchnas.runs import prepare_run_dir
 from supernet.evaluation import accuracy
 
@@ -179,14 +179,7 @@ def read_anchor_folder(folder: str | Path) -> list[AnchorRef]:
     path = folder / MANIFEST_FILE if folder.is_dir() or not folder.suffix else folder
     if not path.exists():
         raise ValueError(f"anchors manifest {path}: file not found (train anchors with 'stitchnas anchors train')")
-    manifest = read_json(path, "anchors manifest")
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"anchors manifest {path}: 'format' must be {MANIFEST_FORMAT!r}")
-    if manifest.get("format_version") != MANIFEST_VERSION:
-        raise ValueError(
-            f"anchors manifest {path}: 'format_version' {manifest.get('format_version')!r} is not supported "
-            f"(expected {MANIFEST_VERSION})"
-        )
+    manifest = read_versioned_json(path, "anchors manifest", MANIFEST_FORMAT, MANIFEST_VERSION)
     entries = manifest.get("anchors")
     if not isinstance(entries, list) or len(entries) < 2:
         raise ValueError(f"anchors manifest {path}: 'anchors' must list at least 2 anchors, got {entries!r}")

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from stitchnas.io import atomic_torch_save, atomic_write_json, file_sha256, read_json
+from stitchnas.io import atomic_torch_save, atomic_write_json, file_sha256, read_versioned_json
 
 MODEL_FORMAT = "stitchnas.model"
 MODEL_FORMAT_VERSION = 1
@@ -96,14 +96,7 @@ def read_model_record(path: str | Path) -> tuple[Path, dict[str, Any]]:
     record_path = path / RECORD_FILE if path.is_dir() else path
     if not record_path.exists():
         raise ValueError(f"model config {record_path}: file not found (expected a folder with {RECORD_FILE})")
-    record = read_json(record_path, "model config")
-    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
-        raise ValueError(f"model config {record_path}: 'format' must be {MODEL_FORMAT!r}, got {record.get('format') if isinstance(record, dict) else record!r}")
-    if record.get("format_version") != MODEL_FORMAT_VERSION:
-        raise ValueError(
-            f"model config {record_path}: 'format_version' {record.get('format_version')!r} is not supported "
-            f"(this stitchnas reads version {MODEL_FORMAT_VERSION})"
-        )
+    record = read_versioned_json(record_path, "model config", MODEL_FORMAT, MODEL_FORMAT_VERSION)
     kind = record.get("kind")
     if kind not in BUILDERS:
         raise ValueError(f"model config {record_path}: 'kind' {kind!r} is unknown, expected one of {sorted(BUILDERS)}")

@@ -156,6 +156,24 @@ def read_json(path: PathLike, what: str) -> Any:
         raise ValueError(f"{what} {target}: not valid JSON ({_one_line(exc)})") from None
 
 
+def read_versioned_json(path: PathLike, what: str, fmt: str, version: int) -> dict[str, Any]:
+    """Read a JSON object whose ``format`` must be ``fmt`` and ``format_version`` ``version``.
+
+    Every versioned file the project writes (model records, anchor manifests) is checked this
+    way, so a file of another kind or version fails with one line naming the field.
+    """
+    data = read_json(path, what)
+    found = data.get("format") if isinstance(data, dict) else data
+    if not isinstance(data, dict) or found != fmt:
+        raise ValueError(f"{what} {path}: 'format' must be {fmt!r}, got {found!r}")
+    if data.get("format_version") != version:
+        raise ValueError(
+            f"{what} {path}: 'format_version' {data.get('format_version')!r} is not supported "
+            f"(this stitchnas reads version {version})"
+        )
+    return data
+
+
 def file_sha256(path: PathLike) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks.
 
