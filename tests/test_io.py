@@ -200,19 +200,15 @@ def test_results_table_errors(tmp_path: Path) -> None:
 
 
 def test_read_versioned_json_checks_format_and_version(tmp_path):
-    import json as _json
-
-    import pytest as _pytest
-
     from stitchnas.io import read_versioned_json
 
     path = tmp_path / "thing.json"
-    path.write_text(_json.dumps({"format": "demo", "format_version": 2, "x": 1}))
+    path.write_text(json.dumps({"format": "demo", "format_version": 2, "x": 1}))
     assert read_versioned_json(path, "demo file", "demo", 2)["x"] == 1
-    with _pytest.raises(ValueError, match=r"demo file .*thing.json: 'format_version' 2 is not supported \(this stitchnas reads version 3\)"):
+    with pytest.raises(ValueError, match=r"demo file .*thing.json: 'format_version' 2 is not supported \(this stitchnas reads version 3\)"):
         read_versioned_json(path, "demo file", "demo", 3)
-    with _pytest.raises(ValueError, match="'format' must be 'other', got 'demo'"):
+    with pytest.raises(ValueError, match="'format' must be 'other', got 'demo'"):
         read_versioned_json(path, "demo file", "other", 2)
     path.write_text("[1, 2]")
-    with _pytest.raises(ValueError, match="'format' must be 'demo', got \\[1, 2\\]"):
+    with pytest.raises(ValueError, match="'format' must be 'demo', got \\[1, 2\\]"):
         read_versioned_json(path, "demo file", "demo", 2)
