@@ -7,11 +7,12 @@ file. Ctrl-C leaves the last checkpoint in place; rerun with ``--resume`` to con
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from searchspace.pooling import DOWNSAMPLE_OPS, SPACE_PRESETS, PoolingSpace, create_space
 
@@ -116,8 +117,9 @@ def add_run_args(p: argparse.ArgumentParser, default_out: str) -> None:
 
 
 # ------------------------------------------------------------------ commands
-def add_distributed_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("distributed (Ray Tune / Ray Train)")
+def add_tune_args(p: argparse.ArgumentParser) -> None:
+    """Options of the evaluation backend every search shares (in process or Ray Tune)."""
+    g = p.add_argument_group("candidate evaluation (in process or Ray Tune)")
     g.add_argument("--backend", default="local", choices=("local", "ray"),
                    help="evaluate candidates in this process (local) or as Ray Tune trials (ray)")
     g.add_argument("--address", default=None,
@@ -129,12 +131,57 @@ def add_distributed_args(p: argparse.ArgumentParser) -> None:
                    help="candidates one Tune trial evaluates (exhaustive/random; Optuna trials take one)")
     g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per Tune trial")
     g.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per Tune trial, fractional allowed")
+    g.add_argument("--max-failures", type=int, default=1, help="retries of a crashing Ray trial / worker group")
+
+
+def add_distributed_args(p: argparse.ArgumentParser) -> None:
+    add_tune_args(p)
+    g = p.add_argument_group("distributed training and fronts")
     g.add_argument("--num-workers", type=int, default=1,
                    help="train the supernet data-parallel on N Ray Train workers (1: in this process)")
-    g.add_argument("--max-failures", type=int, default=1, help="retries of a crashing Ray trial / worker group")
     g.add_argument("--hv-reference", default="evaluated", choices=("evaluated", "space"),
                    help="hypervolume reference: 1.1 x the largest evaluated FLOPs, or over the whole space "
                         "(use 'space' to compare searches on one space)")
+
+
+def tune_stage_from_args(args: argparse.Namespace):
+    """The Ray Tune stage the options ask for, or None for in-process evaluation."""
+    if args.budget is not None and args.budget < 1:
+        raise ValueError(f"--budget: expected a number of evaluations >= 1, got {args.budget}")
+    if args.backend == "local" and args.search in ("nsga2", "tpe"):
+        raise ValueError(f"--search {args.search}: needs --backend ray (Optuna's samplers run through Ray Tune)")
+    if args.backend != "ray":
+        return None
+    from stitchnas.tune import RayTuneStage, TuneOptions
+
+    return RayTuneStage(TuneOptions(
+        search=args.search, budget=args.budget, candidates_per_trial=args.candidates_per_trial,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
+        max_failures=args.max_failures, seed=args.seed))
+
+
+def stitch_backend_from_args(args: argparse.Namespace):
+    """``stage`` keyword arguments of a stitching pipeline and the Ray session they need (joined
+    before training, so a cluster that cannot run a trial fails the command at once)."""
+    from contextlib import nullcontext
+
+    stage = tune_stage_from_args(args)
+    if stage is None:
+        if args.search != "exhaustive":
+            raise ValueError(f"--search {args.search}: stitching evaluates every configuration in process; "
+                             "use --backend ray for random, nsga2 or tpe")
+        return {}, nullcontext()
+    from stitchnas.ray_cluster import ray_session
+
+    return {"stage": stage.evaluate}, _preflighted(ray_session(args.address), [stage])
+
+
+@contextlib.contextmanager
+def _preflighted(session, plugins: Sequence) -> Iterator[None]:
+    with session:
+        for plugin in plugins:
+            plugin.preflight()  # cluster too small: fail now, not after training
+        yield
 
 
 def distributed_from_args(args: argparse.Namespace, train_device: str):
@@ -143,21 +190,13 @@ def distributed_from_args(args: argparse.Namespace, train_device: str):
     from contextlib import nullcontext
 
     kwargs: dict = {"hv_reference": args.hv_reference}
-    if args.budget is not None and args.budget < 1:
-        raise ValueError(f"--budget: expected a number of evaluations >= 1, got {args.budget}")
     if args.num_workers < 1:
         raise ValueError(f"--num-workers: expected >= 1, got {args.num_workers}")
-    if args.backend == "local" and args.search in ("nsga2", "tpe"):
-        raise ValueError(f"--search {args.search}: needs --backend ray (Optuna's samplers run through Ray Tune)")
+    stage = tune_stage_from_args(args)
     if args.search == "random" and args.candidates is not None:
         raise ValueError("--candidates: not with --search random, which takes --budget")
-    if args.backend == "ray":
-        from stitchnas.tune import RayTuneStage, TuneOptions
-
-        kwargs["stage"] = RayTuneStage(TuneOptions(
-            search=args.search, budget=args.budget, candidates_per_trial=args.candidates_per_trial,
-            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
-            max_failures=args.max_failures, seed=args.seed))
+    if stage is not None:
+        kwargs["stage"] = stage
     elif args.search == "random" and args.budget is None:
         raise ValueError("--budget: --search random needs a number of evaluations")
     if args.num_workers > 1:
@@ -169,7 +208,8 @@ def distributed_from_args(args: argparse.Namespace, train_device: str):
     if args.backend == "ray" or args.num_workers > 1:
         from stitchnas.ray_cluster import ray_session
 
-        return kwargs, ray_session(args.address)
+        plugins = [p for p in (kwargs.get("stage"), kwargs.get("trainer")) if p is not None]
+        return kwargs, _preflighted(ray_session(args.address), plugins)
     return kwargs, nullcontext()
 
 
@@ -185,9 +225,6 @@ def cmd_search_pooling(args: argparse.Namespace) -> int:
         export_front=not args.no_export,
     )
     with session:
-        for plugin in (kwargs.get("stage"), kwargs.get("trainer")):
-            if plugin is not None:
-                plugin.preflight()  # cluster too small: fail now, not after training
         outcome = run_pooling_search(cfg, args.out, resume=args.resume, progress=not args.no_progress, **kwargs)
     _print_front(outcome.summary.front, outcome.out_dir, len(outcome.rows))
     ref_flops, ref_acc = outcome.summary.reference
@@ -424,7 +461,9 @@ def cmd_stitch_train(args: argparse.Namespace) -> int:
     cfg = StitchSearchConfig(anchors=anchors, data=data_spec, train=train_cfg,
                              init_samples=args.init_samples, nearest=not args.all_pairs,
                              export_front=not args.no_export, **version_options)
-    outcome = run_stitch_search(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    backend, session = stitch_backend_from_args(args)
+    with session:
+        outcome = run_stitch_search(cfg, args.out, resume=args.resume, progress=not args.no_progress, **backend)
     _print_stitch_front(outcome)
     return 0
 
@@ -469,7 +508,10 @@ def _print_stitch_front(outcome) -> None:
 def cmd_stitch_evaluate(args: argparse.Namespace) -> int:
     from stitchnas.stitch_search import evaluate_run
 
-    outcome = evaluate_run(args.run, no_train=args.no_train, out_dir=args.out, progress=not args.no_progress)
+    backend, session = stitch_backend_from_args(args)
+    with session:
+        outcome = evaluate_run(args.run, no_train=args.no_train, out_dir=args.out, progress=not args.no_progress,
+                               **backend)
     _print_stitch_front(outcome)
     return 0
 
@@ -536,6 +578,7 @@ def add_stitch_commands(sub: argparse._SubParsersAction) -> None:
                    help="low-rank stitching layers of rank R, base frozen at the least-squares map; 0: plain "
                         "layers (default: v1 0, v2 4)")
     p.add_argument("--no-export", action="store_true", help="skip exporting the Pareto-optimal models")
+    add_tune_args(p)
     add_run_args(p, "runs/stitch")
     p.set_defaults(handler=cmd_stitch_train)
 
@@ -544,6 +587,8 @@ def add_stitch_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-train", action="store_true", help="evaluate right after the least-squares init instead")
     p.add_argument("--out", default=None, help="output folder (default: RUN/evaluate/checkpoint or .../init)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--seed", type=int, default=0, help="seed of random / Optuna searches")
+    add_tune_args(p)
     p.set_defaults(handler=cmd_stitch_evaluate)
 
     p = stitch.add_parser("export", help="export one configuration of a run as a standalone model")
@@ -616,7 +661,9 @@ def cmd_learngene_pool(args: argparse.Namespace) -> int:
     cfg = LearngenePoolConfig(distill_run=args.distill, students=tuple(args.student),
                               init=args.init.replace("-", "_"), init_samples=args.init_samples, finetune=train_cfg,
                               export_front=not args.no_export)
-    outcome = run_learngene_pool(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    backend, session = stitch_backend_from_args(args)
+    with session:
+        outcome = run_learngene_pool(cfg, args.out, resume=args.resume, progress=not args.no_progress, **backend)
     _print_stitch_front(outcome)
     return 0
 
@@ -624,7 +671,10 @@ def cmd_learngene_pool(args: argparse.Namespace) -> int:
 def cmd_learngene_evaluate(args: argparse.Namespace) -> int:
     from stitchnas.learngene_search import evaluate_pool_run
 
-    outcome = evaluate_pool_run(args.run, no_train=args.no_train, out_dir=args.out, progress=not args.no_progress)
+    backend, session = stitch_backend_from_args(args)
+    with session:
+        outcome = evaluate_pool_run(args.run, no_train=args.no_train, out_dir=args.out,
+                                    progress=not args.no_progress, **backend)
     _print_stitch_front(outcome)
     return 0
 
@@ -682,6 +732,7 @@ def add_learngene_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-train", action="store_true", help="stop after the stitch init (same as --epochs 0)")
     add_stitch_train_args(p, epochs=10, lr=3e-4, warmup_epochs=0)
     p.add_argument("--no-export", action="store_true", help="skip exporting the Pareto-optimal descendants")
+    add_tune_args(p)
     add_run_args(p, "runs/learngene_pool")
     p.set_defaults(handler=cmd_learngene_pool)
 
@@ -690,6 +741,8 @@ def add_learngene_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-train", action="store_true", help="evaluate right after the stitch init instead")
     p.add_argument("--out", default=None, help="output folder (default: RUN/evaluate/checkpoint or .../init)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--seed", type=int, default=0, help="seed of random / Optuna searches")
+    add_tune_args(p)
     p.set_defaults(handler=cmd_learngene_evaluate)
 
     p = lg.add_parser("export", help="export one descendant of a pool run as a standalone model")

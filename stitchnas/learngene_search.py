@@ -37,12 +37,13 @@ from stitching.learngene import LearngeneDistiller, build_pool, init_stitches_fr
 from stitching.learngene_train import DEFAULT_FINETUNE, DistillConfig, build_distiller, distill_students, finetune_pool
 from stitching.snnet import SNNet
 from stitching.trainer import StitchTrainConfig
+from stitchnas.candidates import EvaluationBackend, clear_results, evaluate_in_process
 from stitchnas.data import DataSpec, DataSplits, load_data
 from stitchnas.front import RESULT_COLUMNS, FrontSummary, summarize_front
 from stitchnas.io import ResultsTable, atomic_torch_save, atomic_write_json, file_sha256, load_checkpoint, read_json
 from stitchnas.runs import RUN_CONFIG, prepare_run_dir
 from stitchnas.stitch_search import (
-    data_provenance, evaluate_configs, export_dir_name, export_stitch_config, init_batch, largest_anchor,
+    data_provenance, evaluation_job, export_dir_name, export_stitch_config, init_batch, largest_anchor,
     load_state_strict,
 )
 from supernet.evaluation import accuracy
@@ -279,9 +280,10 @@ def _provenance(dcfg: LearngeneDistillRunConfig, cfg: LearngenePoolConfig, manif
 
 def run_learngene_pool(
     cfg: LearngenePoolConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
-    on_step: Callable[[int], None] | None = None,
+    on_step: Callable[[int], None] | None = None, stage: EvaluationBackend = evaluate_in_process,
 ) -> PoolOutcome:
-    """Build, initialise, fine-tune and score the pool, then write its front and exports."""
+    """Build, initialise, fine-tune and score the pool (``stage``: in process by default, or
+    :meth:`stitchnas.tune.RayTuneStage.evaluate`), then write its front and exports."""
     dcfg, manifest, data, pool = initialised_pool(cfg)  # bad input fails before the folder is claimed
     out = prepare_run_dir(out_dir, _pool_run_json(cfg, manifest), resume)
     log.info("data: %s", data.describe())
@@ -293,7 +295,8 @@ def run_learngene_pool(
                             progress=progress, on_step=on_step)
     pool.eval()
     table = ResultsTable(out / RESULTS_FILE, RESULT_COLUMNS)
-    evaluate_configs(pool, table, data, cfg.eval_batch_size, cfg.finetune.device, progress=progress)
+    stage(evaluation_job(pool, table, data, out, cfg.eval_batch_size, cfg.finetune.device, cfg.finetune.seed,
+                         progress))
     rows = table.rows()
     summary = _summarize(pool, rows, out, data, f"{cfg.init} init, {cfg.finetune.epochs} epochs")
     exports: list[Path] = []
@@ -332,7 +335,8 @@ def load_pool_run(run_dir: str | Path) -> tuple[LearngenePoolConfig, LearngeneDi
 
 
 def evaluate_pool_run(
-    run_dir: str | Path, no_train: bool = False, out_dir: str | Path | None = None, progress: bool = True
+    run_dir: str | Path, no_train: bool = False, out_dir: str | Path | None = None, progress: bool = True,
+    stage: EvaluationBackend = evaluate_in_process,
 ) -> PoolOutcome:
     """Re-score every descendant into ``out_dir`` (default ``RUN/evaluate/checkpoint``, or with
     ``no_train`` ``RUN/evaluate/init``: right after the stitch init, before fine-tuning)."""
@@ -347,9 +351,10 @@ def evaluate_pool_run(
     what = f"{cfg.init} init" if no_train else "checkpoint"
     out = Path(out_dir) if out_dir is not None else run / "evaluate" / ("init" if no_train else "checkpoint")
     out.mkdir(parents=True, exist_ok=True)
-    (out / RESULTS_FILE).unlink(missing_ok=True)  # a re-evaluation starts from a clean table
+    clear_results(out, RESULTS_FILE)
     table = ResultsTable(out / RESULTS_FILE, RESULT_COLUMNS)
-    evaluate_configs(pool, table, data, cfg.eval_batch_size, cfg.finetune.device, progress=progress)
+    stage(evaluation_job(pool, table, data, out, cfg.eval_batch_size, cfg.finetune.device, cfg.finetune.seed,
+                         progress))
     rows = table.rows()
     return PoolOutcome(out, rows, _summarize(pool, rows, out, data, what))
 

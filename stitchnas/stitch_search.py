@@ -28,14 +28,13 @@ import functools
 import json
 import logging
 import re
-import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from searchspace.samplers import ConfigSampler, FlopsGroupedSampler
 from searchspace.stitch import Segment, StitchConfig
@@ -45,6 +44,9 @@ from stitching.flops import flops_table
 from stitching.lowrank import LowRankStitchingLayer
 from stitching.snnet import SNNet, anchor_space, build_anchor, check_compatible, stitched_model_config
 from stitching.trainer import SamplingConfig, StitchTrainConfig, train_network
+from stitchnas.candidates import (
+    CandidateEvaluator, CandidateJob, CandidateTask, EvaluationBackend, clear_results, compact, evaluate_in_process,
+)
 from stitchnas.data import DataSpec, DataSplits, load_data
 from stitchnas.export import export_model
 from stitchnas.front import RESULT_COLUMNS, FrontSummary, summarize_front
@@ -271,28 +273,60 @@ def config_row(snnet: SNNet, config: StitchConfig, flops: Sequence[int]) -> dict
             "params": snnet.num_params(config)}
 
 
-def evaluate_configs(
-    snnet: SNNet, table: ResultsTable, data: DataSplits, batch_size: int = 256, device: str = "cpu",
-    configs: Sequence[StitchConfig] | None = None, progress: bool = True,
-) -> None:
-    """Score every configuration not yet in ``table`` on ``search_val`` (one row each)."""
-    configs = list(snnet.space) if configs is None else list(configs)
-    done = table.done_keys("candidate")
-    todo = [c for c in configs if str(c.id) not in done]
-    if len(todo) < len(configs):
-        log.info("%d of %d configurations already evaluated", len(configs) - len(todo), len(configs))
-    flops = flops_table(snnet)
-    for config in tqdm(todo, desc="configurations", unit="cfg", disable=not progress, leave=False):
-        row = config_row(snnet, config, flops)
-        start = time.perf_counter()
-        try:
-            snnet.set_active(config)
-            row.update(val_acc=accuracy(snnet, data.search_val, batch_size, device), status="ok", error="")
-        except (RuntimeError, ValueError, FloatingPointError) as err:
-            row.update(val_acc=float("nan"), status="failed", error=f"{type(err).__name__}: {err}")
-            log.warning("configuration %s failed: %s", row["label"], row["error"])
-        row["seconds"] = round(time.perf_counter() - start, 4)
-        table.append(row)
+class StitchTask(CandidateTask):
+    """The configurations of an SN-Net, SN-Netv2 or Learngene pool as evaluation backends see
+    them (see :mod:`stitchnas.candidates`): a configuration's id is its index, its score the
+    top-1 accuracy of the active path on ``search_val``."""
+
+    def __init__(self, snnet: SNNet, data: DataSplits, batch_size: int = 256) -> None:
+        self.snnet, self.data, self.batch_size = snnet, data, batch_size
+        self.flops_by_id = flops_table(snnet)
+
+    def __len__(self) -> int:
+        return len(self.snnet.space)
+
+    def describe(self, index: int) -> str:
+        return self.snnet.space.describe(self.snnet.space.config(index))
+
+    def row(self, index: int) -> dict[str, Any]:
+        return config_row(self.snnet, self.snnet.space.config(index), self.flops_by_id)
+
+    def flops(self, index: int) -> int:
+        return int(self.flops_by_id[index])
+
+    def default_index(self) -> int:
+        return largest_anchor(self.snnet)
+
+    def evaluator(self) -> "StitchEvaluator":
+        return StitchEvaluator(key=uuid.uuid4().hex, network=self.snnet, batch_size=self.batch_size,
+                               val=tuple(compact(t) for t in self.data.search_val.tensors))
+
+
+@dataclass(frozen=True)
+class StitchEvaluator(CandidateEvaluator):
+    """The stitched network itself (pickled whole for Ray workers) and the ``search_val`` tensors."""
+
+    key: str
+    network: SNNet
+    val: tuple[torch.Tensor, ...]
+    batch_size: int
+
+    def prepare(self, device: str) -> Callable[[int], float]:
+        network = self.network.eval()
+        val = torch.utils.data.TensorDataset(*self.val)
+
+        def score(index: int) -> float:
+            network.set_active(index)
+            return accuracy(network, val, self.batch_size, device)
+
+        return score
+
+
+def evaluation_job(snnet: SNNet, table: ResultsTable, data: DataSplits, out_dir: Path, batch_size: int,
+                   device: str, seed: int, progress: bool = True) -> CandidateJob:
+    """A job scoring every configuration of ``snnet`` into ``table`` (any backend)."""
+    return CandidateJob(StitchTask(snnet, data, batch_size), table, list(range(len(snnet.space))), out_dir,
+                        seed=seed, progress=progress, device=device)
 
 
 def _summarize(snnet: SNNet, rows: list[dict[str, Any]], out: Path, data: DataSplits, what: str) -> FrontSummary:
@@ -395,8 +429,12 @@ def run_stitch_search(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    stage: EvaluationBackend = evaluate_in_process,
 ) -> StitchOutcome:
-    """Run (or resume) SN-Net training and evaluation and write its files into ``out_dir``."""
+    """Run (or resume) SN-Net training and evaluation and write its files into ``out_dir``.
+
+    ``stage`` scores the configurations (in process by default; pass
+    :meth:`stitchnas.tune.RayTuneStage.evaluate` for Ray Tune)."""
     data = load_data(cfg.data)
     snnet = initialised_snnet(cfg, data)  # bad anchors fail here, before the run folder exists
     out = prepare_run_dir(out_dir, cfg.to_json(), resume)
@@ -420,7 +458,7 @@ def run_stitch_search(
     log.info("SN-Net checkpoint: %s", ckpt)
 
     table = ResultsTable(out / RESULTS_FILE, RESULT_COLUMNS)
-    evaluate_configs(snnet, table, data, cfg.eval_batch_size, cfg.train.device, progress=progress)
+    stage(evaluation_job(snnet, table, data, out, cfg.eval_batch_size, cfg.train.device, cfg.train.seed, progress))
     log.info("results: %s", out / RESULTS_FILE)
     rows = table.rows()
     summary = _summarize(snnet, rows, out, data, f"{cfg.train.epochs} epochs")
@@ -438,7 +476,8 @@ def run_stitch_search(
 
 
 def evaluate_run(
-    run_dir: str | Path, no_train: bool = False, out_dir: str | Path | None = None, progress: bool = True
+    run_dir: str | Path, no_train: bool = False, out_dir: str | Path | None = None, progress: bool = True,
+    stage: EvaluationBackend = evaluate_in_process,
 ) -> StitchOutcome:
     """Re-score every configuration of a run into ``out_dir`` (default
     ``RUN/evaluate/checkpoint`` or, with ``no_train``, ``RUN/evaluate/init``).
@@ -459,9 +498,9 @@ def evaluate_run(
     what = "least-squares init" if no_train else "checkpoint"
     out = Path(out_dir) if out_dir is not None else run / "evaluate" / ("init" if no_train else "checkpoint")
     out.mkdir(parents=True, exist_ok=True)
-    (out / RESULTS_FILE).unlink(missing_ok=True)  # a re-evaluation starts from a clean table
+    clear_results(out, RESULTS_FILE)
     table = ResultsTable(out / RESULTS_FILE, RESULT_COLUMNS)
-    evaluate_configs(snnet, table, data, cfg.eval_batch_size, cfg.train.device, progress=progress)
+    stage(evaluation_job(snnet, table, data, out, cfg.eval_batch_size, cfg.train.device, cfg.train.seed, progress))
     rows = table.rows()
     summary = _summarize(snnet, rows, out, data, what)
     log.info("evaluated %d configurations (%s): %s", len(rows), what, out.resolve())
@@ -484,8 +523,8 @@ def export_from_run(run_dir: str | Path, config_id: int | str, out_dir: str | Pa
 
 
 __all__ = [
-    "RESULTS_FILE", "SNNET_CHECKPOINT", "V2_LORA_RANK", "VERSIONS", "StitchOutcome", "StitchSearchConfig",
-    "build_snnet", "config_row", "evaluate_configs", "evaluate_run", "export_from_run", "export_stitch_config",
-    "find_config", "init_batch", "initialised_snnet", "largest_anchor", "load_run", "load_state_strict",
-    "parse_route", "route_text", "run_stitch_search", "training_sampler",
+    "RESULTS_FILE", "SNNET_CHECKPOINT", "V2_LORA_RANK", "VERSIONS", "StitchEvaluator", "StitchOutcome",
+    "StitchSearchConfig", "StitchTask", "build_snnet", "config_row", "evaluate_run", "evaluation_job",
+    "export_from_run", "export_stitch_config", "find_config", "init_batch", "initialised_snnet", "largest_anchor",
+    "load_run", "load_state_strict", "parse_route", "route_text", "run_stitch_search", "training_sampler",
 ]

@@ -10,12 +10,10 @@ only schedules trials:
 * ``exhaustive`` and ``random`` put several candidates in one trial (``candidates_per_trial``)
   so Tune's per-trial overhead is shared; a trial reports all its rows at once.
 * ``nsga2`` and ``tpe`` run Optuna's NSGA-II / TPE samplers through Tune's ``OptunaSearch``
-  (accuracy maximised, analytic FLOPs minimised), one candidate per trial. The Optuna space is
-  the k downsampling positions, one integer per downsampling over the allowed layers; the
-  configuration is their sorted set (see :func:`decode_positions`). Repeated positions are an
-  invalid suggestion and already-evaluated candidates a duplicate: both are told to Optuna as
-  failed trials and asked again without starting a Tune trial, so the budget counts distinct
-  evaluations only.
+  (accuracy maximised, analytic FLOPs minimised), one candidate per trial, over the task's
+  encoding (pooling: the downsampling positions; stitches: the FLOPs rank). Invalid
+  suggestions and already-evaluated candidates are told to Optuna as failed trials and asked
+  again without starting a Tune trial, so the budget counts distinct evaluations only.
 
 A trial that raises is retried by Tune (``FailureConfig(max_failures)``), from its last
 checkpoint so the candidates it finished are not evaluated again. When a candidate fails on
@@ -41,25 +39,23 @@ from typing import Any, Sequence
 
 import torch
 
-from searchspace.pooling import PoolingSpace
-from stitchnas.io import atomic_write_json, read_json
-from stitchnas.pooling_search import EvaluationContext, select_candidates
-from stitchnas.ray_cluster import check_resources, cluster_nodes, init_ray, ray_session, set_env_defaults
-from stitchnas.tune_search import (
-    OPTUNA_ALGORITHMS, Ledger, decode_positions, encode_positions, make_optuna_searcher, make_queue_searcher,
-    make_sampler, optuna_distributions,
+from stitchnas.candidates import (
+    SEARCH_STATE_FILE, SEARCH_SUMMARY_FILE, CandidateEvaluator, CandidateJob, LookupEvaluator, Scorer,
 )
+from stitchnas.io import atomic_write_json, read_json
+from stitchnas.pooling_search import EvaluationContext, PoolingTask
+from stitchnas.ray_cluster import check_resources, cluster_nodes, init_ray, ray_session, set_env_defaults
+from stitchnas.tune_search import OPTUNA_ALGORITHMS, Ledger, make_optuna_searcher, make_queue_searcher, make_sampler
 
 __all__ = [
     "FailureHooks", "Ledger", "RayTuneStage", "TuneOptions", "TuneSummary", "check_resources", "cluster_nodes",
-    "decode_positions", "encode_positions", "init_ray", "make_sampler", "optuna_distributions", "ray_session",
+    "init_ray", "make_sampler", "ray_session",
 ]
 
 log = logging.getLogger(__name__)
 
 SEARCH_ALGORITHMS: tuple[str, ...] = ("exhaustive", "random", "nsga2", "tpe")
-SEARCH_STATE_FILE = "search.json"
-TUNE_SUMMARY_FILE = "tune_summary.json"
+TUNE_SUMMARY_FILE = SEARCH_SUMMARY_FILE
 TUNE_DIR = "tune"
 
 
@@ -153,34 +149,25 @@ def concurrency(opts: TuneOptions, nodes: Sequence[dict[str, float]]) -> int:
 
 # --------------------------------------------------------------------------- the trial
 @dataclass(frozen=True)
-class SharedEvaluation:
+class TrialShared:
     """What every trial reads from the object store (once per trial, never re-pickled)."""
 
-    key: str
-    space: dict[str, Any]
-    in_chans: int
-    num_classes: int
-    eval_cfg: dict[str, Any]
-    weights: dict[str, torch.Tensor]
-    calib: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor]
+    evaluator: CandidateEvaluator
     threads: int
     device: str
-    lookup: dict[int, float] | None = None
 
 
-_SUPERNET_CACHE: dict[str, Any] = {}
+# A reused actor runs many trials of one search: keep its prepared scorer (the rebuilt model)
+# instead of rebuilding it per trial. One entry: a new search's key replaces the old one.
+_PREPARED: dict[str, Scorer] = {}
 
 
-def _cached_supernet(shared: SharedEvaluation) -> Any:
-    from supernet.networks import ModelSpec, build_supernet
-
-    if shared.key not in _SUPERNET_CACHE:
-        _SUPERNET_CACHE.clear()
-        net = build_supernet(PoolingSpace.from_json(shared.space), ModelSpec(shared.in_chans, shared.num_classes))
-        net.load_state_dict(shared.weights)
-        _SUPERNET_CACHE[shared.key] = net
-    return _SUPERNET_CACHE[shared.key]
+def _prepared_scorer(shared: TrialShared) -> Scorer:
+    key = shared.evaluator.key
+    if key not in _PREPARED:
+        _PREPARED.clear()
+        _PREPARED[key] = shared.evaluator.prepare(shared.device)
+    return _PREPARED[key]
 
 
 def _read_trial_state() -> dict[str, Any]:
@@ -193,7 +180,7 @@ def _read_trial_state() -> dict[str, Any]:
         return json.loads((Path(folder) / "state.json").read_text())
 
 
-def evaluate_trial(config: dict[str, Any], shared: SharedEvaluation) -> None:
+def evaluate_trial(config: dict[str, Any], shared: TrialShared) -> None:
     """Tune trainable: score ``config["candidates"]`` and report their rows in one result.
 
     On an exception the trial reports the rows it finished plus the failing candidate and its
@@ -202,14 +189,8 @@ def evaluate_trial(config: dict[str, Any], shared: SharedEvaluation) -> None:
     """
     from ray import tune
 
-    from supernet.evaluation import EvalConfig, evaluate_path
-
     torch.set_num_threads(max(1, shared.threads))
-    supernet = _cached_supernet(shared) if shared.lookup is None else None
-    space = PoolingSpace.from_json(shared.space)
-    eval_cfg = EvalConfig(**{**shared.eval_cfg, "device": shared.device})
-    calib = torch.utils.data.TensorDataset(*shared.calib)
-    val = torch.utils.data.TensorDataset(*shared.val)
+    score = _prepared_scorer(shared)
     hooks = config.get("hooks", {})
     state = _read_trial_state()
     done = {int(r["candidate"]) for r in state["rows"]}
@@ -225,10 +206,7 @@ def evaluate_trial(config: dict[str, Any], shared: SharedEvaluation) -> None:
                 raise RuntimeError(f"forced failure of candidate {index} (test hook)")
             if index in hooks.get("flaky_candidates", ()) and not state["failures"].get(str(index)):
                 raise RuntimeError(f"forced first-attempt failure of candidate {index} (test hook)")
-            if shared.lookup is not None:
-                acc = shared.lookup[index]  # tabular mode: a lookup, no network runs
-            else:
-                acc = evaluate_path(supernet, space.config(index), calib, val, eval_cfg)
+            acc = score(index)
         except Exception as err:  # any error is this candidate's; Tune decides on a retry
             state["rows"] = rows
             state["failures"][str(index)] = state["failures"].get(str(index), 0) + 1
@@ -280,42 +258,22 @@ def _check_search_state(out_dir: Path, opts: TuneOptions, seed: int) -> None:
     atomic_write_json(path, state)
 
 
-def _candidates(ctx: EvaluationContext, opts: TuneOptions, seed: int) -> list[int]:
-    space = ctx.space
+def _candidates(job: CandidateJob, opts: TuneOptions, seed: int) -> list[int]:
     if opts.search == "exhaustive":
-        indices = [space.index(c) for c in ctx.candidates]
-        if opts.budget is not None and len(indices) > opts.budget:
-            raise ValueError(f"budget: --search exhaustive has {len(indices)} candidates, more than --budget "
+        if opts.budget is not None and len(job.candidates) > opts.budget:
+            raise ValueError(f"budget: --search exhaustive has {len(job.candidates)} candidates, more than --budget "
                              f"{opts.budget}; raise the budget or use --search random, nsga2 or tpe")
-        return indices
+        return list(job.candidates)
     if opts.search == "random":
-        if ctx.cfg.max_candidates is None:
-            return [space.index(c) for c in select_candidates(space, opts.budget, seed)]
-        if ctx.cfg.max_candidates != opts.budget:
-            raise ValueError(f"--candidates {ctx.cfg.max_candidates}: --search random draws --budget {opts.budget} "
+        if job.subset_size is None:
+            return job.task.sample(opts.budget, seed)
+        if job.subset_size != opts.budget:
+            raise ValueError(f"--candidates {job.subset_size}: --search random draws --budget {opts.budget} "
                              "candidates; give one or the other")
-        return [space.index(c) for c in ctx.candidates]
-    if ctx.cfg.max_candidates is not None:
+        return list(job.candidates)
+    if job.subset_size is not None:
         raise ValueError(f"--candidates: only for --search exhaustive or random; --search {opts.search} takes --budget")
     return []
-
-
-def _shared_evaluation(ctx: EvaluationContext, opts: TuneOptions,
-                       lookup: dict[int, float] | None = None) -> SharedEvaluation:
-    def clone(ds: torch.utils.data.TensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = ds.tensors
-        return x.detach().clone(), y.detach().clone()  # views would pickle their whole storage
-
-    empty = (torch.zeros(0), torch.zeros(0, dtype=torch.long))
-    tabular = lookup is not None
-    weights = {} if tabular else {k: v.detach().cpu().clone() for k, v in ctx.supernet.state_dict().items()}
-    return SharedEvaluation(
-        key=uuid.uuid4().hex, space=ctx.space.to_json(), in_chans=ctx.data.in_chans,
-        num_classes=ctx.data.num_classes, eval_cfg=ctx.cfg.eval.to_json(), weights=weights,
-        calib=empty if tabular else clone(ctx.data.search_train), val=empty if tabular else clone(ctx.data.search_val),
-        threads=max(1, int(opts.cpus_per_trial)), device="cuda" if opts.gpus_per_trial > 0 else "cpu",
-        lookup=dict(lookup) if tabular else None,
-    )
 
 
 @dataclass
@@ -341,7 +299,8 @@ class TuneSummary:
 
 
 class RayTuneStage:
-    """The evaluation stage on Ray Tune; pass it as ``run_pooling_search(..., stage=...)``.
+    """The evaluation backend on Ray Tune: ``evaluate(job)`` for any search; the stage itself
+    is the pooling search's evaluation stage (``run_pooling_search(..., stage=...)``).
 
     Args:
         options: Search algorithm, budget, batching and resources.
@@ -355,39 +314,52 @@ class RayTuneStage:
         self.lookup = lookup
         self.summary: TuneSummary | None = None
 
+    def _shared(self, job: CandidateJob, opts: TuneOptions) -> TrialShared:
+        evaluator = job.task.evaluator() if self.lookup is None else LookupEvaluator(uuid.uuid4().hex, dict(self.lookup))
+        return TrialShared(evaluator, threads=max(1, int(opts.cpus_per_trial)),
+                           device="cuda" if opts.gpus_per_trial > 0 else "cpu")
+
     def preflight(self) -> None:
         """Fail fast, before any training, if the connected cluster cannot host one trial."""
         check_resources(self.options.cpus_per_trial, self.options.gpus_per_trial, cluster_nodes())
 
     def __call__(self, ctx: EvaluationContext) -> None:
-        opts = self.options
         if getattr(ctx.cfg, "mixture", None) is not None:
             raise ValueError("--backend ray: evaluates one supernet; a supernet mixture (BMS) runs in process only")
-        seed = ctx.cfg.train.seed if opts.seed is None else opts.seed
-        candidates = _candidates(ctx, opts, seed)
+        self.evaluate(CandidateJob(
+            task=PoolingTask.from_context(ctx), table=ctx.table,
+            candidates=[ctx.space.index(c) for c in ctx.candidates], out_dir=ctx.out_dir, seed=ctx.cfg.train.seed,
+            subset_size=ctx.cfg.max_candidates, progress=ctx.progress,
+        ))
+
+    def evaluate(self, job: CandidateJob) -> None:
+        """Score ``job``'s candidates (or the searched ones) as Ray Tune trials into its table."""
+        opts = self.options
+        seed = job.seed if opts.seed is None else opts.seed
+        candidates = _candidates(job, opts, seed)
         budget = opts.budget
-        if opts.search in OPTUNA_ALGORITHMS and budget is not None and budget > len(ctx.space):
-            log.warning("budget %d exceeds the %d configurations; evaluating at most all of them", budget, len(ctx.space))
-            budget = len(ctx.space)
-        _check_search_state(ctx.out_dir, opts, seed)
+        if opts.search in OPTUNA_ALGORITHMS and budget is not None and budget > len(job.task):
+            log.warning("budget %d exceeds the %d candidates; evaluating at most all of them", budget, len(job.task))
+            budget = len(job.task)
+        _check_search_state(job.out_dir, opts, seed)
         with ray_session(opts.address, opts.num_cpus):
             nodes = cluster_nodes()
             check_resources(opts.cpus_per_trial, opts.gpus_per_trial, nodes)
-            self.summary = self._run(ctx, opts, seed, budget, candidates, concurrency(opts, nodes))
-        atomic_write_json(ctx.out_dir / TUNE_SUMMARY_FILE, asdict(self.summary))
+            self.summary = self._run(job, opts, seed, budget, candidates, concurrency(opts, nodes))
+        atomic_write_json(job.out_dir / TUNE_SUMMARY_FILE, asdict(self.summary))
 
-    def _run(self, ctx: EvaluationContext, opts: TuneOptions, seed: int, budget: int | None,
+    def _run(self, job: CandidateJob, opts: TuneOptions, seed: int, budget: int | None,
              candidates: list[int], slots: int) -> TuneSummary:
         import optuna
 
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # not one INFO line per ask/tell
         try:
-            return self._run_tuner(ctx, opts, seed, budget, candidates, slots)
+            return self._run_tuner(job, opts, seed, budget, candidates, slots)
         finally:
             optuna.logging.set_verbosity(verbosity)
 
-    def _run_tuner(self, ctx: EvaluationContext, opts: TuneOptions, seed: int, budget: int | None,
+    def _run_tuner(self, job: CandidateJob, opts: TuneOptions, seed: int, budget: int | None,
                    candidates: list[int], slots: int) -> TuneSummary:
         from ray import tune
         from tqdm.auto import tqdm
@@ -395,8 +367,8 @@ class RayTuneStage:
         set_env_defaults()
         hooks = asdict(opts.hooks)
         total = len(candidates) if opts.search not in OPTUNA_ALGORITHMS else int(budget or 0)
-        bar = tqdm(total=total, desc="candidates (ray)", unit="cand", disable=not ctx.progress, leave=False)
-        ledger = Ledger(ctx, budget, bar)
+        bar = tqdm(total=total, desc="candidates (ray)", unit="cand", disable=not job.progress, leave=False)
+        ledger = Ledger(job.task, job.table, budget, bar)
         previously_done = len(ledger.rows)
         bar.update(min(total, len([c for c in candidates if ledger.known(c)]) if candidates else previously_done))
         if opts.search in OPTUNA_ALGORITHMS:
@@ -404,10 +376,10 @@ class RayTuneStage:
         else:
             searcher = make_queue_searcher(ledger, candidates, opts.candidates_per_trial, slots, hooks)
         trainable = tune.with_resources(
-            tune.with_parameters(evaluate_trial, shared=_shared_evaluation(ctx, opts, self.lookup)),
+            tune.with_parameters(evaluate_trial, shared=self._shared(job, opts)),
             {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial},
         )
-        storage = (ctx.out_dir / TUNE_DIR).resolve()
+        storage = (job.out_dir / TUNE_DIR).resolve()
         storage.mkdir(exist_ok=True)
         name = f"session-{sum(1 for p in storage.iterdir() if p.is_dir()) + 1:03d}"
         tuner = tune.Tuner(

@@ -2,12 +2,9 @@
 of results, the fixed-queue searcher (exhaustive / random) and Optuna's NSGA-II / TPE through
 Tune's ``OptunaSearch``.
 
-The Optuna space is the k downsampling positions, one integer per downsampling over the allowed
-layers, and a configuration is their sorted set. Integers keep the ordinal structure samplers
-exploit (earlier downsampling, fewer FLOPs); on the 455-configuration ResNet-50 space, 50
-evaluations, this encoding gave TPE and NSGA-II a higher hypervolume than one categorical
-candidate index. Repeated positions are an invalid suggestion, an already evaluated or
-in-flight candidate a duplicate: both are told to Optuna as failed trials (which its samplers
+The Optuna space is the task's own encoding (:meth:`stitchnas.candidates.CandidateTask.distributions`:
+downsampling positions for pooling, the FLOPs rank for stitches). A suggestion that names no
+candidate is invalid, an already evaluated or in-flight candidate a duplicate: both are told to Optuna as failed trials (which its samplers
 ignore) and asked again without starting a Tune trial, so the budget counts distinct
 evaluations. If the sampler keeps repeating itself, a random unevaluated candidate is enqueued.
 
@@ -25,9 +22,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
 
-from searchspace.pooling import PoolingConfig, PoolingSpace
+from stitchnas.candidates import CandidateTask
 from stitchnas.io import ResultsTable
-from stitchnas.pooling_search import EvaluationContext, candidate_row
 
 log = logging.getLogger(__name__)
 
@@ -35,29 +31,7 @@ OPTUNA_ALGORITHMS: tuple[str, ...] = ("nsga2", "tpe")
 MAX_ASKS_PER_TRIAL = 64
 
 
-# --------------------------------------------------------------------------- Optuna encoding
-def optuna_distributions(space: PoolingSpace) -> dict[str, Any]:
-    """One integer per downsampling, each over every allowed layer."""
-    from optuna.distributions import IntDistribution
-
-    low, high = space.first_position, space.num_layers - 1
-    return {f"p{i}": IntDistribution(low, high) for i in range(space.num_downsamples)}
-
-
-def decode_positions(space: PoolingSpace, params: dict[str, Any]) -> PoolingConfig | None:
-    """The configuration whose positions are the sorted parameters; None if two coincide."""
-    positions = sorted(int(params[f"p{i}"]) for i in range(space.num_downsamples))
-    if len(set(positions)) != len(positions):
-        return None
-    config = PoolingConfig(tuple(positions))
-    space.validate(config)
-    return config
-
-
-def encode_positions(config: PoolingConfig) -> dict[str, int]:
-    return {f"p{i}": int(p) for i, p in enumerate(config.positions)}
-
-
+# --------------------------------------------------------------------------- Optuna samplers
 def make_sampler(algorithm: str, budget: int, seed: int, population_size: int | None = None) -> Any:
     """Optuna's NSGA-II (small population, so a 50-evaluation budget sees several generations)
     or multi-objective TPE."""
@@ -77,9 +51,9 @@ class Ledger:
     """Driver-side state shared by the searcher and the callback: the results table (the source
     of truth), the queue of candidates still to score and the trials in flight."""
 
-    def __init__(self, ctx: EvaluationContext, budget: int | None, progress: Any = None) -> None:
-        self.ctx = ctx
-        self.table: ResultsTable = ctx.table
+    def __init__(self, task: CandidateTask, table: ResultsTable, budget: int | None, progress: Any = None) -> None:
+        self.task = task
+        self.table = table
         self.budget = budget
         self.rows: dict[int, dict[str, Any]] = {int(r["candidate"]): r for r in self.table.rows()}
         self.queue: deque[int] = deque()
@@ -120,7 +94,7 @@ class Ledger:
         self.trials += 1
 
     def _append(self, index: int, val_acc: float, status: str, error: str, seconds: float) -> None:
-        row = candidate_row(self.ctx.space, self.ctx.space.config(index), self.ctx.data)
+        row = self.task.row(index)
         row.update(val_acc=val_acc, status=status, error=error, seconds=round(float(seconds), 4))
         self.table.append(row)
         self.rows[index] = self.table.rows()[-1]
@@ -150,8 +124,7 @@ class Ledger:
         message = failing["error"] if failing else _last_line(error_text) or "trial crashed"
         seconds = float(failing.get("seconds", 0.0)) if failing else 0.0
         self._append(culprit, float("nan"), "failed", f"{message} (failed {attempts} attempts)", seconds)
-        log.warning("candidate %s failed %d times: %s", self.ctx.space.describe(self.ctx.space.config(culprit)),
-                    attempts, message)
+        log.warning("candidate %s failed %d times: %s", self.task.describe(culprit), attempts, message)
         self.queue.extendleft(reversed([c for c in todo if c != culprit]))
 
     def trial_started(self) -> None:
@@ -213,9 +186,9 @@ def make_optuna_searcher(ledger: Ledger, algorithm: str, seed: int, population_s
     from ray.tune.search.optuna import OptunaSearch
 
     Searcher = _searcher_base()
-    space = ledger.ctx.space
+    task = ledger.task
     assert ledger.budget is not None
-    dists = optuna_distributions(space)
+    dists = task.distributions()
     sampler = make_sampler(algorithm, ledger.budget, seed, population_size)
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, sampler=sampler, study_name="stitchnas",
@@ -223,7 +196,7 @@ def make_optuna_searcher(ledger: Ledger, algorithm: str, seed: int, population_s
     generation_key = f"{type(sampler).__name__}:generation"  # NSGA-II's own bookkeeping key
     ok_seen = 0
     for index, row in ledger.rows.items():
-        params = encode_positions(space.config(index))
+        params = task.encode(index)
         if row.get("status") == "ok":
             attrs = {generation_key: ok_seen // sampler.population_size} if algorithm == "nsga2" else {}
             ok_seen += 1
@@ -248,10 +221,9 @@ def make_optuna_searcher(ledger: Ledger, algorithm: str, seed: int, population_s
             for attempt in range(MAX_ASKS_PER_TRIAL + 1):
                 inner_id = f"{trial_id}-{attempt}"
                 if attempt == MAX_ASKS_PER_TRIAL:  # the sampler keeps repeating itself
-                    left = [c for c in range(len(space)) if not ledger.known(c) and c not in busy]
-                    study.enqueue_trial(encode_positions(space.config(rng.choice(left))))
-                config = decode_positions(space, self.inner.suggest(inner_id))
-                index = space.index(config) if config is not None else None
+                    left = [c for c in range(len(task)) if not ledger.known(c) and c not in busy]
+                    study.enqueue_trial(task.encode(rng.choice(left)))
+                index = task.decode(self.inner.suggest(inner_id))
                 if index is not None and not ledger.known(index) and index not in busy:
                     self.live[trial_id] = (inner_id, index)
                     return index
@@ -263,7 +235,7 @@ def make_optuna_searcher(ledger: Ledger, algorithm: str, seed: int, population_s
             raise AssertionError("unreachable: the enqueued candidate is always new")
 
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-            if ledger.remaining_budget() <= 0 or len(ledger.rows) + len(ledger.inflight_candidates()) >= len(space):
+            if ledger.remaining_budget() <= 0 or len(ledger.rows) + len(ledger.inflight_candidates()) >= len(task):
                 return None if ledger.inflight else Searcher.FINISHED
             index = self._ask(trial_id)
             ledger.start(trial_id, [index])

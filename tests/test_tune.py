@@ -29,12 +29,12 @@ from stitchnas.data import DataSpec
 from stitchnas.io import ResultsTable, read_json
 from stitchnas.front import RESULT_COLUMNS
 from stitchnas.pooling_search import (
-    EvaluationContext, PoolingSearchConfig, in_process_stage, run_pooling_search, select_candidates,
-    space_reference,
+    PoolingSearchConfig, PoolingTask, decode_positions, encode_positions, in_process_stage, run_pooling_search,
+    select_candidates, space_reference,
 )
 from stitchnas.tune import (
-    FailureHooks, Ledger, RayTuneStage, TuneOptions, check_resources, cluster_nodes, decode_positions,
-    encode_positions, init_ray, make_sampler, ray_session,
+    FailureHooks, Ledger, RayTuneStage, TuneOptions, check_resources, cluster_nodes, init_ray, make_sampler,
+    ray_session,
 )
 from supernet.evaluation import EvalConfig
 from supernet.training import TrainConfig
@@ -64,19 +64,6 @@ def rows_by_candidate(out: Path) -> dict[int, dict]:
     rows = ResultsTable(out / "results.csv", RESULT_COLUMNS).rows()
     assert len(rows) == len({r["candidate"] for r in rows}), "a candidate was recorded twice"
     return {int(r["candidate"]): r for r in rows}
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    pytest.importorskip("ray")
-    import ray
-
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    init_ray(None, num_cpus=2)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
 
 
 # ----------------------------------------------------------------------------- no Ray needed
@@ -126,8 +113,7 @@ def test_ledger_records_failures_and_requeues_the_rest_of_a_batch(tmp_path):
     space = resnet20_space()
     data = SimpleNamespace(input_size=8, in_chans=1, num_classes=10)
     table = ResultsTable(tmp_path / "results.csv", RESULT_COLUMNS)
-    ctx = EvaluationContext(space, None, data, tiny_config(), table, [], tmp_path)
-    ledger = Ledger(ctx, budget=None)
+    ledger = Ledger(PoolingTask(space, data), table, budget=None)
     ledger.start("t1", [0, 1, 2, 3])
     ledger.record("t1", {"rows": [{"candidate": 0, "val_acc": 50.0, "seconds": 0.1}],
                          "failed": {"candidate": 1, "error": "RuntimeError: boom", "seconds": 0.2}})
