@@ -7,7 +7,8 @@ From the repository root, against a cluster whose dashboard listens on 127.0.0.1
         python scripts/ray_job.py search pooling --space resnet20 --epochs 5 \\
         --search nsga2 --budget 20 --out /shared/runs/resnet20-nsga2
 
-``search pooling`` gets ``--backend ray --address auto`` unless the command gives them, so the
+Every command that evaluates candidates (``search pooling``, ``stitch train|evaluate``,
+``learngene pool|evaluate``) gets ``--backend ray --address auto`` unless it gives them, so the
 search joins the job's own cluster instead of starting a second Ray. The job also gets
 ``RAY_CHDIR_TO_TRIAL_DIR=0`` and ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1``. Give ``--out`` as an
 absolute path on storage the driver's node keeps: a relative one would land in the job's
@@ -25,12 +26,15 @@ from pathlib import Path
 from typing import Sequence
 
 JOB_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+#: Commands with a candidate-evaluation backend (``--backend``, ``--address``).
+EVALUATING_COMMANDS = (("search", "pooling"), ("stitch", "train"), ("stitch", "evaluate"), ("learngene", "pool"),
+                       ("learngene", "evaluate"))
 
 
 def job_argv(argv: Sequence[str]) -> list[str]:
-    """The command line with the cluster defaults added to ``search pooling``."""
+    """The command line with the cluster defaults added to commands that evaluate candidates."""
     args = list(argv)
-    if args[:2] == ["search", "pooling"]:
+    if tuple(args[:2]) in EVALUATING_COMMANDS:
         if not any(a == "--backend" or a.startswith("--backend=") for a in args):
             args += ["--backend", "ray"]
         if not any(a == "--address" or a.startswith("--address=") for a in args):

@@ -145,6 +145,21 @@ def test_cli_rejects_searches_the_in_process_backend_cannot_run(capsys, snnet_ru
     assert not (tmp_path / "x").exists()
 
 
+def test_ray_job_entry_point_sends_every_evaluating_command_to_the_jobs_cluster():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("ray_job", Path(__file__).parent.parent / "scripts" / "ray_job.py")
+    ray_job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ray_job)
+    for command in (["stitch", "train"], ["stitch", "evaluate"], ["learngene", "pool"], ["learngene", "evaluate"]):
+        assert ray_job.job_argv([*command, "--out", "/x"]) == [*command, "--out", "/x", "--backend", "ray",
+                                                                "--address", "auto"]
+    given = ["stitch", "train", "--backend", "local", "--address=10.0.0.1:6379"]
+    assert ray_job.job_argv(given) == given  # what the command gives is kept
+    assert ray_job.job_argv(["stitch", "export", "--run", "r"]) == ["stitch", "export", "--run", "r"]
+
+
 # ----------------------------------------------------------------------------- on Ray
 @pytest.mark.ray
 def test_snnet_on_ray_tune_gives_the_in_process_rows(ray_cluster, snnet_run, tmp_path):
