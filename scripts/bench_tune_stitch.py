@@ -11,7 +11,8 @@ For each finished run folder given (``stitchnas stitch train`` or ``stitchnas le
    identical. Ray's rate counts the whole ``Tuner.fit`` but not ``ray.init`` (paid once).
 2. Search quality, tabular: trials look up the in-process scores, so each sampler sees the numbers
    real evaluations would give. Hypervolume against 1.1 x the space's largest FLOPs (accuracy 0)
-   and against the exhaustive front's nadir, as a fraction of the exhaustive front's.
+   and against a tight reference (1.1 x the front's largest FLOPs, the space's worst accuracy),
+   as a fraction of the exhaustive front's.
 
 Run:  python scripts/bench_tune_stitch.py --run runs/bench_stitch_v2/v1 --run runs/bench_stitch_v2/v2 \\
           --run runs/bench_learngene/pool
@@ -98,8 +99,10 @@ def bench_run(run: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     accs = [reference[i] for i in everything]
     space_ref = (1.1 * max(flops), 0.0)
     front = {everything[i] for i in pareto_front(flops, accs)}
-    nadir = (1.1 * max(flops[i] for i in front), min(accs[i] for i in front))
-    full_hv, nadir_hv = hypervolume_2d(flops, accs, space_ref), hypervolume_2d(flops, accs, nadir)
+    # Tight reference: just past the front's dearest member, at the worst accuracy of the space
+    # (the front's own worst accuracy would give a one-member front no area at all).
+    tight_ref = (1.1 * max(flops[i] for i in front), min(accs))
+    full_hv, tight_hv = hypervolume_2d(flops, accs, space_ref), hypervolume_2d(flops, accs, tight_ref)
     budget = args.budget or max(4, len(task) // 3)
     quality: dict[str, Any] = {}
     print(f"search quality, {budget} of {len(task)} evaluations (tabular), hypervolume as a fraction of the "
@@ -114,10 +117,10 @@ def bench_run(run: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
             assert len(got) == budget == len({r["candidate"] for r in got})
             f, a = [r["flops"] for r in got], [r["val_acc"] for r in got]
             fractions.append(hypervolume_2d(f, a, space_ref) / full_hv)
-            tight.append(hypervolume_2d(f, a, nadir) / nadir_hv)
+            tight.append(hypervolume_2d(f, a, tight_ref) / tight_hv)
             found.append(len(front & {int(r["candidate"]) for r in got}))
-        quality[algorithm] = {"hv_fraction": fractions, "hv_fraction_front_nadir": tight, "front_found": found}
-        print(f"  {algorithm:<7} space reference {statistics.mean(fractions):.4f}; front-nadir reference "
+        quality[algorithm] = {"hv_fraction": fractions, "hv_fraction_tight": tight, "front_found": found}
+        print(f"  {algorithm:<7} space reference {statistics.mean(fractions):.4f}; tight reference "
               f"{statistics.mean(tight):.3f} ({' '.join(f'{v:.3f}' for v in tight)}); front members found "
               f"{statistics.mean(found):.1f} of {len(front)}")
     return {"method": method, "run": str(run), "configurations": len(task), "local_cfg_per_s": local_rate,

@@ -27,3 +27,35 @@ def ray_cluster():
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+
+
+#: The stitching tests' data: 8x8 digits, 240 training images (search_train 120 -> 3 steps/epoch).
+STITCH_DATA_OPTIONS = dict(name="digits", input_size=8, seed=1, max_train_samples=240)
+
+
+@pytest.fixture(scope="session")
+def stitch_data_spec():
+    from stitchnas.data import DataSpec
+
+    return DataSpec(**STITCH_DATA_OPTIONS)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_family(tmp_path_factory, stitch_data_spec):
+    """``family(depth, epochs)``: the folder of three tiny ViT anchors (vit_digits presets at that
+    depth) trained on :data:`STITCH_DATA_OPTIONS`, trained once per session and setting."""
+    from stitching.anchors_train import AnchorTrainConfig, train_anchors
+    from stitching.trainer import StitchTrainConfig
+
+    folders = {}
+
+    def family(depth: int, epochs: int):
+        if (depth, epochs) not in folders:
+            out = tmp_path_factory.mktemp(f"vit_family_d{depth}_e{epochs}") / "family"
+            train = StitchTrainConfig(epochs=epochs, batch_size=32, lr=3e-3, seed=1)
+            train_anchors(AnchorTrainConfig("vit_digits", stitch_data_spec, train, {"depth": depth}), out,
+                          progress=False)
+            folders[depth, epochs] = out
+        return folders[depth, epochs]
+
+    return family

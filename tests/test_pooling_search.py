@@ -5,7 +5,6 @@ import math
 
 import pandas as pd
 import pytest
-import torch
 
 from searchspace.pooling import PoolingConfig, resnet20_space
 from stitchnas.flops import pooling_flops

@@ -38,10 +38,9 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def anchor_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("anchors") / "family"
-    train_anchors(AnchorTrainConfig("vit_digits", DATA, ANCHOR_TRAIN, {"depth": 3}), out, progress=False)
-    return out
+def anchor_dir(tiny_vit_family, stitch_data_spec):
+    assert stitch_data_spec == DATA
+    return tiny_vit_family(depth=3, epochs=ANCHOR_TRAIN.epochs)
 
 
 @pytest.fixture(scope="module")

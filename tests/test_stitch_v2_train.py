@@ -15,7 +15,7 @@ from torch import nn
 
 from searchspace.samplers import FlopsGroupedSampler, UniformSampler
 from searchspace.stitch_v2 import StitchSpaceV2
-from stitching.anchors_train import AnchorTrainConfig, read_anchor_folder, train_anchors
+from stitching.anchors_train import read_anchor_folder
 from stitching.flops import route_flops
 from stitching.layers import StitchingLayer
 from stitching.lowrank import LowRankStitchingLayer
@@ -48,10 +48,9 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def anchor_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("anchors_v2") / "family"
-    train_anchors(AnchorTrainConfig("vit_digits", DATA, ANCHOR_TRAIN, {"depth": 4}), out, progress=False)
-    return out
+def anchor_dir(tiny_vit_family, stitch_data_spec):
+    assert stitch_data_spec == DATA
+    return tiny_vit_family(depth=4, epochs=ANCHOR_TRAIN.epochs)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 of :mod:`stitchnas.candidates`: in process and Ray Tune give identical rows, Optuna searches
 stitches within their budget, and the tasks' encodings and subsets are what they claim.
 
-Tiny models: depth-4 ViT anchors (1 epoch) on 8x8 digits, 200 training images."""
+Tiny models: depth-4 ViT anchors (3 epochs) on 8x8 digits, 240 training images."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from stitching.anchors_train import AnchorRef, AnchorTrainConfig, read_anchor_folder, train_anchors
+from stitching.anchors_train import AnchorRef, read_anchor_folder
 from stitching.learngene import StudentSpec
 from stitching.learngene_train import DistillConfig
 from stitching.trainer import StitchTrainConfig
@@ -27,9 +27,9 @@ from stitchnas.learngene_search import (
 from stitchnas.stitch_search import StitchSearchConfig, StitchTask, evaluate_run, initialised_snnet, run_stitch_search
 from stitchnas.tune import RayTuneStage, TuneOptions
 
-DATA = DataSpec(name="digits", input_size=8, seed=1, max_train_samples=200)
+DATA = DataSpec(name="digits", input_size=8, seed=1, max_train_samples=240)
 TRAIN = StitchTrainConfig(epochs=1, batch_size=32, lr=1e-3, seed=1)
-QUICK = ["--input-size", "8", "--max-train-samples", "200", "--seed", "1", "--epochs", "1", "--batch-size", "32",
+QUICK = ["--input-size", "8", "--max-train-samples", "240", "--seed", "1", "--epochs", "1", "--batch-size", "32",
          "--init-samples", "40", "--no-progress", "--device", "cpu"]
 
 
@@ -39,10 +39,9 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def anchor_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tune_anchors") / "family"
-    train_anchors(AnchorTrainConfig("vit_digits", DATA, TRAIN, {"depth": 4}), out, progress=False)
-    return out
+def anchor_dir(tiny_vit_family, stitch_data_spec):
+    assert stitch_data_spec == DATA
+    return tiny_vit_family(depth=4, epochs=3)  # the SN-Netv2 tests' family
 
 
 @pytest.fixture(scope="module")
