@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from stitching.learngene import LearngeneDistiller, Matches, StudentSpec, matched_blocks, student_config
 from stitching.snnet import SNNet
 from stitching.trainer import StitchTrainConfig, build_optimizer, learning_rate, train_network
-from stitchnas.io import atomic_torch_save, load_checkpoint
+from stitchnas.checkpoints import EpochCheckpoint
 from supernet.training import TensorBatches, TrainHistory, autocast, epoch_generator, resolve_device
 
 log = logging.getLogger(__name__)
@@ -116,16 +116,6 @@ def distill_param_groups(distiller: LearngeneDistiller, weight_decay: float,
     return groups
 
 
-def _check_resume(state: dict[str, Any], ckpt: Path, cfg: DistillConfig) -> None:
-    if state.get("kind") != CHECKPOINT_KIND or state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"checkpoint {ckpt}: not a learngene distillation checkpoint (expected kind {CHECKPOINT_KIND!r}, "
-            f"version {CHECKPOINT_VERSION})"
-        )
-    if state.get("distill_config") != cfg.to_json():
-        raise ValueError(f"checkpoint {ckpt}: written for a different distillation recipe; start a new run folder")
-
-
 @torch.no_grad()
 def teacher_outputs(teacher: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The teacher's block features (embedding first) and logits for one batch."""
@@ -161,27 +151,13 @@ def distill_students(
     batches = TensorBatches(train_data, device)
     steps_per_epoch = batches.num_batches(tc.batch_size, drop_last=True)
     total_steps = tc.epochs * steps_per_epoch
-    history, start_epoch = TrainHistory(), 0
-    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
-
-    def save(epoch: int) -> None:
-        if ckpt is not None:
-            atomic_torch_save({
-                "kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "epoch": epoch,
-                "model": distiller.state_dict(), "optimizer": optimizer.state_dict(),
-                "history": history.epochs, "distill_config": cfg.to_json(),
-            }, ckpt)
-
-    if ckpt is not None and resume and ckpt.exists():
-        state = load_checkpoint(ckpt)
-        _check_resume(state, ckpt, cfg)
-        distiller.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history.epochs = list(state["history"])
-        start_epoch = int(state["epoch"])
-        log.info("resumed distillation from %s at epoch %d/%d", ckpt, start_epoch, tc.epochs)
-    else:
-        save(0)
+    checkpoint = EpochCheckpoint(Path(checkpoint_path) if checkpoint_path is not None else None,
+                                 {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION,
+                                  "distill_config": cfg.to_json()}, "learngene distillation")
+    history = TrainHistory()
+    start_epoch, history.epochs = checkpoint.restore(distiller, optimizer, resume)
+    if start_epoch == 0:
+        checkpoint.save(0, distiller, optimizer, [])
     bar = tqdm(range(start_epoch, tc.epochs), desc="distill", unit="epoch", disable=not progress,
                initial=start_epoch, total=tc.epochs, leave=False)
     for epoch in bar:
@@ -213,7 +189,7 @@ def distill_students(
                                   "lr": optimizer.param_groups[0]["lr"]}
         history.epochs.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}")
-        save(epoch + 1)
+        checkpoint.save(epoch + 1, distiller, optimizer, history.epochs)
     distiller.eval()
     return history
 

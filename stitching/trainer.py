@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from searchspace.samplers import ConfigSampler, FlopsGroupedSampler, UniformSampler
-from stitchnas.io import atomic_torch_save, load_checkpoint
+from stitchnas.checkpoints import EpochCheckpoint
 from supernet.training import (
     TensorBatches, TrainHistory, autocast, cosine_lr, epoch_generator, epoch_rng, resolve_device,
 )
@@ -223,19 +223,6 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: StitchTrainConfig) -> tor
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def _check_resume(state: dict[str, Any], ckpt: Path, cfg: StitchTrainConfig) -> None:
-    if state.get("kind") != CHECKPOINT_KIND or state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"checkpoint {ckpt}: not a stitch training checkpoint (expected kind {CHECKPOINT_KIND!r}, "
-            f"version {CHECKPOINT_VERSION})"
-        )
-    if state.get("train_config") != cfg.to_json():
-        raise ValueError(
-            f"checkpoint {ckpt}: written for a different training recipe; start a new run folder "
-            "or rerun with the same options"
-        )
-
-
 def train_network(
     model: nn.Module,
     train_data: torch.utils.data.TensorDataset,
@@ -282,27 +269,13 @@ def train_network(
     batches = TensorBatches(train_data, device)
     steps_per_epoch = batches.num_batches(cfg.batch_size, drop_last=True)
     total_steps = cfg.epochs * steps_per_epoch
-    history, start_epoch = TrainHistory(), 0
-    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
-
-    def save(epoch: int) -> None:
-        if ckpt is not None:
-            atomic_torch_save({
-                "kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "epoch": epoch,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "history": history.epochs, "train_config": cfg.to_json(),
-            }, ckpt)
-
-    if ckpt is not None and resume and ckpt.exists():
-        state = load_checkpoint(ckpt)
-        _check_resume(state, ckpt, cfg)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history.epochs = list(state["history"])
-        start_epoch = int(state["epoch"])
-        log.info("resumed %s from %s at epoch %d/%d", desc, ckpt, start_epoch, cfg.epochs)
-    else:
-        save(0)  # the starting point (for SN-Net: the least-squares init) is a checkpoint too
+    checkpoint = EpochCheckpoint(Path(checkpoint_path) if checkpoint_path is not None else None,
+                                 {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "train_config": cfg.to_json()},
+                                 desc)
+    history = TrainHistory()
+    start_epoch, history.epochs = checkpoint.restore(model, optimizer, resume)
+    if start_epoch == 0:
+        checkpoint.save(0, model, optimizer, [])  # the starting point (SN-Net: the least-squares init) too
     bar = tqdm(range(start_epoch, cfg.epochs), desc=desc, unit="epoch", disable=not progress,
                initial=start_epoch, total=cfg.epochs, leave=False)
     for epoch in bar:
@@ -334,7 +307,7 @@ def train_network(
             record["configs"] = drawn
         history.epochs.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}")
-        save(epoch + 1)
+        checkpoint.save(epoch + 1, model, optimizer, history.epochs)
     return history
 
 

@@ -38,8 +38,7 @@ from stitchnas.io import atomic_torch_save, load_checkpoint
 from stitchnas.pooling_search import TrainingContext
 from supernet.networks import ModelSpec, build_supernet
 from supernet.training import (
-    CHECKPOINT_VERSION, TensorBatches, TrainConfig, build_optimizer, cosine_lr, epoch_generator, epoch_rng,
-    sgd_step,
+    TensorBatches, TrainConfig, build_optimizer, cosine_lr, epoch_generator, epoch_rng, sgd_step, supernet_checkpoint,
 )
 
 log = logging.getLogger(__name__)
@@ -170,15 +169,12 @@ def check_cluster(options: DistributedOptions, nodes: list[dict[str, float]]) ->
 
 def _initial_state(ctx: TrainingContext) -> dict[str, Any]:
     """The state to start from: the run's checkpoint when resuming, else the fresh supernet."""
-    cfg = ctx.cfg.train
+    checkpoint = supernet_checkpoint(ctx.checkpoint, ctx.cfg.train)
     if ctx.resume and ctx.checkpoint.exists():
         state = load_checkpoint(ctx.checkpoint)
-        if state.get("version") != CHECKPOINT_VERSION or state.get("train_config") != cfg.to_json():
-            raise ValueError(f"checkpoint {ctx.checkpoint}: written for a different training recipe; start a new "
-                             "run folder or rerun with the same options")
+        checkpoint.check(state)
         return state
-    return {"version": CHECKPOINT_VERSION, "epoch": 0, "model": ctx.supernet.state_dict(), "optimizer": None,
-            "history": [], "train_config": cfg.to_json()}
+    return {**checkpoint.recipe, "epoch": 0, "model": ctx.supernet.state_dict(), "optimizer": None, "history": []}
 
 
 def _load_ray_checkpoint(checkpoint: Any) -> dict[str, Any]:
@@ -241,9 +237,9 @@ def train_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:
-                torch.save({"version": CHECKPOINT_VERSION, "epoch": epoch + 1, "model": supernet.state_dict(),
-                            "optimizer": optimizer.state_dict(), "history": history,
-                            "train_config": cfg.to_json()}, Path(folder) / CHECKPOINT_NAME)
+                torch.save({**supernet_checkpoint(None, cfg).recipe, "epoch": epoch + 1,
+                            "model": supernet.state_dict(), "optimizer": optimizer.state_dict(), "history": history},
+                           Path(folder) / CHECKPOINT_NAME)
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(record, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
 

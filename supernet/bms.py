@@ -30,7 +30,7 @@ from supernet.training import (
     TensorBatches, TrainConfig, TrainHistory, autocast, build_optimizer, cosine_lr, epoch_generator,
     epoch_rng, resolve_device, sgd_step,
 )
-from stitchnas.io import atomic_torch_save, load_checkpoint
+from stitchnas.checkpoints import EpochCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -287,17 +287,10 @@ def train_mixture(
     steps_per_epoch = train_batches.num_batches(cfg.batch_size, drop_last=True)
     total_steps = cfg.epochs * steps_per_epoch
     gm_epoch = max(1, round(cfg.epochs * mcfg.gm_warmup_fraction)) if mcfg.grouping == "gm" and mixture.num_supernets > 1 else None
-    history, start_epoch = TrainHistory(), 0
-    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
-    if ckpt is not None and resume and ckpt.exists():
-        state = load_checkpoint(ckpt)
-        if state.get("train_config") != cfg.to_json() or state.get("mixture_config") != mcfg.to_json():
-            raise ValueError(f"checkpoint {ckpt}: written for a different recipe; rerun with the same options")
-        mixture.load_state_dict(state["model"])
-        for opt, opt_state in zip(optimizers, state["optimizers"]):
-            opt.load_state_dict(opt_state)
-        history.epochs, start_epoch = list(state["history"]), int(state["epoch"])
-        log.info("resumed mixture from %s at epoch %d/%d", ckpt, start_epoch, cfg.epochs)
+    checkpoint = EpochCheckpoint(Path(checkpoint_path) if checkpoint_path is not None else None,
+                                 {"train_config": cfg.to_json(), "mixture_config": mcfg.to_json()}, "mixture")
+    history = TrainHistory()
+    start_epoch, history.epochs = checkpoint.restore(mixture, optimizers, resume)
     bar = tqdm(range(start_epoch, cfg.epochs), desc=f"mixture M={mixture.num_supernets}", unit="epoch",
                disable=not progress, initial=start_epoch, total=cfg.epochs, leave=False)
     for epoch in bar:
@@ -331,10 +324,7 @@ def train_mixture(
                   "balance_kl": kl, "steps_per_supernet": counts.tolist()}
         history.epochs.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", T=f"{record['temperature']:.0f}")
-        if ckpt is not None:
-            atomic_torch_save({"epoch": epoch + 1, "model": mixture.state_dict(),
-                               "optimizers": [o.state_dict() for o in optimizers], "history": history.epochs,
-                               "train_config": cfg.to_json(), "mixture_config": mcfg.to_json()}, ckpt)
+        checkpoint.save(epoch + 1, mixture, optimizers, history.epochs)
     # Final balance at the last temperature: the assignment used for selection and export.
     if mcfg.grouping == "bms":
         mixture.rebalance(temperature_at(cfg.epochs - 1, cfg.epochs, mcfg.t_max))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from stitchnas.io import atomic_torch_save, load_checkpoint
+from stitchnas.checkpoints import EpochCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,12 @@ class TrainHistory:
 PathChooser = Callable[[random.Random], Any]
 
 
+def supernet_checkpoint(path: str | Path | None, cfg: TrainConfig, what: str = "supernet") -> EpochCheckpoint:
+    """The checkpoint format of :func:`train` (also what Ray Train's trainer writes)."""
+    return EpochCheckpoint(Path(path) if path is not None else None,
+                           {"version": CHECKPOINT_VERSION, "train_config": cfg.to_json()}, what)
+
+
 def train(
     model: nn.Module,
     train_data: torch.utils.data.TensorDataset,
@@ -168,20 +174,9 @@ def train(
     batches = TensorBatches(train_data, device)
     steps_per_epoch = batches.num_batches(cfg.batch_size, drop_last=True)
     total_steps = cfg.epochs * steps_per_epoch
-    history, start_epoch = TrainHistory(), 0
-    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
-    if ckpt is not None and resume and ckpt.exists():
-        state = load_checkpoint(ckpt)
-        if state.get("version") != CHECKPOINT_VERSION or state.get("train_config") != cfg.to_json():
-            raise ValueError(
-                f"checkpoint {ckpt}: written for a different training recipe; start a new run folder "
-                "or rerun with the same options"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history.epochs = list(state["history"])
-        start_epoch = int(state["epoch"])
-        log.info("resumed %s from %s at epoch %d/%d", desc, ckpt, start_epoch, cfg.epochs)
+    checkpoint = supernet_checkpoint(checkpoint_path, cfg, desc)
+    history = TrainHistory()
+    start_epoch, history.epochs = checkpoint.restore(model, optimizer, resume)
     bar = tqdm(range(start_epoch, cfg.epochs), desc=desc, unit="epoch", disable=not progress,
                initial=start_epoch, total=cfg.epochs, leave=False)
     for epoch in bar:
@@ -198,16 +193,5 @@ def train(
         record = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "train_acc": 100.0 * correct / max(1, seen)}
         history.epochs.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}")
-        if ckpt is not None:
-            atomic_torch_save(
-                {
-                    "version": CHECKPOINT_VERSION,
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "history": history.epochs,
-                    "train_config": cfg.to_json(),
-                },
-                ckpt,
-            )
+        checkpoint.save(epoch + 1, model, optimizer, history.epochs)
     return history

@@ -101,12 +101,12 @@ def test_bms_search_writes_assignment_and_all_pairs(bms_run):
     out = bms_run.out_dir
     assignment = pd.read_csv(out / "assignment.csv")
     assert assignment.shape == (6, 4)
-    np.testing.assert_allclose(assignment[["m0", "m1"]].sum(1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(assignment[["m0", "m1"]].mean(0), 0.5, atol=0.02)  # balanced
+    np.testing.assert_allclose(assignment[["m0", "m1"]].sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(assignment[["m0", "m1"]].mean(axis=0), 0.5, atol=0.02)  # balanced
     assert (out / "assignment.png").read_bytes()[:4] == b"\x89PNG"
     matrix = pd.read_csv(out / "accuracy_matrix.csv")
     results = pd.read_csv(out / "results.csv")
-    np.testing.assert_allclose(results["val_acc"], matrix[["m0", "m1"]].max(1))
+    np.testing.assert_allclose(results["val_acc"], matrix[["m0", "m1"]].max(axis=1))
     assert json.loads((out / "run_config.json").read_text())["mixture"]["num_supernets"] == 2
 
 
