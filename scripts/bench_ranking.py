@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=24)
     parser.add_argument("--out", default="runs/bench_ranking")
     parser.add_argument("--search-only", action="store_true", help="run the searches, skip ranking")
+    parser.add_argument("--partial-truth", action="store_true",
+                        help="rank on the configurations the ground truth covers (a subset study)")
     args = parser.parse_args()
     out = Path(args.out)
     ms = [int(m) for m in args.ms.split(",")]
@@ -111,10 +113,10 @@ def main() -> None:
     noise = seed_noise(args.truth)
     print(f"ground truth ({', '.join(args.truth)}): {noise['configs']} configurations, spread {noise['spread']:.2f} points, "
           f"mean seed std {noise['mean_seed_std']:.2f}, mean seed range {noise['mean_seed_range']:.2f}, "
-          f"max seed range {noise['max_seed_range']:.2f}")
+          f"max seed range {noise['max_seed_range']:.2f}; Kendall tau between seeds {noise['seed_kendall_tau']:.3f}")
     reports: dict[str, list[dict]] = {}
     for name, m, seed, folder in runs:
-        report = rank_run(folder, args.truth)
+        report = rank_run(folder, args.truth, partial=args.partial_truth)
         reports.setdefault(name, []).append(report)
         print(f"[{name} seed {seed}] tau {report['kendall_tau']:.3f}  rho {report['spearman_rho']:.3f}  regret {report['regret']:.2f}  "
               f"picked {report['best_estimated_label']} (truth {report['truth_of_selected']:.2f}, best {report['truth_best']:.2f})",

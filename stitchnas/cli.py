@@ -363,7 +363,7 @@ def cmd_truth_pooling(args: argparse.Namespace) -> int:
 def cmd_rank(args: argparse.Namespace) -> int:
     from stitchnas.ranking_report import rank_run
 
-    report = rank_run(args.run, args.truth, ks=tuple(int(k) for k in args.top_k.split(",")))
+    report = rank_run(args.run, args.truth, ks=tuple(int(k) for k in args.top_k.split(",")), partial=args.partial)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -808,6 +808,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="search run folder (results.csv)")
     p.add_argument("--truth", required=True, action="append", help="'stitchnas truth' folder (repeatable, e.g. one per seed)")
     p.add_argument("--top-k", default="1,3,5", help="comma-separated k for top-k overlap")
+    p.add_argument("--partial", action="store_true",
+                   help="rank on the configurations the ground truth covers (default: it must cover them all)")
     p.set_defaults(handler=cmd_rank)
 
     p = sub.add_parser("flops", help="FLOPs (fvcore convention) and parameters per configuration")

@@ -29,11 +29,17 @@ def search_estimates(run_dir: str | Path) -> tuple[PoolingSpace, dict[str, float
 
 
 def rank_run(run_dir: str | Path, truth_dir: str | Path | Sequence[str | Path],
-             ks: tuple[int, ...] = (1, 3, 5)) -> dict[str, Any]:
+             ks: tuple[int, ...] = (1, 3, 5), partial: bool = False) -> dict[str, Any]:
     """Kendall tau, Spearman rho, top-k overlap and regret of a run's ranking; also written to
-    ``ranking.json`` in the run folder."""
+    ``ranking.json`` in the run folder.
+
+    ``partial`` ranks on the configurations the ground truth covers (a subset study); regret is
+    then relative to the best of that subset. Otherwise a truth missing a configuration is an
+    error."""
     space, est = search_estimates(run_dir)
-    truth = load_truth(truth_dir, space)
+    truth = load_truth(truth_dir, space, complete=not partial)
+    if partial:
+        est = {k: v for k, v in est.items() if k in truth}
     missing = sorted(set(est) - set(truth), key=int)
     if missing:
         raise ValueError(f"ground truth {truth_dir}: no rows for evaluated candidates {missing[:5]}")
@@ -41,6 +47,6 @@ def rank_run(run_dir: str | Path, truth_dir: str | Path | Sequence[str | Path],
     for key in ("best_estimated", "best_true"):
         report[key + "_label"] = space.describe(space.config(int(report[key])))
     report["truth_of_selected"] = truth[str(report["best_estimated"])]
-    report["truth_best"] = max(truth.values())
+    report["truth_best"] = max(truth[k] for k in est) if partial else max(truth.values())
     atomic_write_json(Path(run_dir) / "ranking.json", report)
     return report

@@ -134,16 +134,18 @@ def read_truth_rows(paths: str | Path | Sequence[str | Path], space: PoolingSpac
     return rows.drop_duplicates("key").reset_index(drop=True)
 
 
-def load_truth(paths: str | Path | Sequence[str | Path], space: PoolingSpace | None = None) -> dict[str, float]:
+def load_truth(paths: str | Path | Sequence[str | Path], space: PoolingSpace | None = None,
+               complete: bool = True) -> dict[str, float]:
     """Mean test accuracy per candidate over one or more ground-truth folders.
 
-    With ``space``, the tables must come from that space and cover all of its configurations.
+    With ``space``, the tables must come from that space and (unless ``complete`` is False)
+    cover all of its configurations.
     """
     rows = read_truth_rows(paths, space)
     folder = ", ".join(map(str, [paths] if isinstance(paths, (str, Path)) else paths))
     means = rows.groupby("candidate")["test_acc"].mean()
     truth = {str(k): float(v) for k, v in means.items() if math.isfinite(v)}
-    if space is not None:
+    if space is not None and complete:
         missing = [str(i) for i in range(len(space)) if str(i) not in truth]
         if missing:
             shown = ", ".join(space.describe(space.config(int(m))) for m in missing[:5])
@@ -161,6 +163,7 @@ def seed_noise(paths: str | Path | Sequence[str | Path]) -> dict[str, float]:
     # Seed noise only from configurations trained with more than one seed.
     repeated = rows.groupby("candidate").filter(lambda g: len(g) > 1).groupby("candidate")["test_acc"]
     ranges = repeated.max() - repeated.min()
+    by_seed = rows.pivot_table(index="candidate", columns="seed", values="test_acc")
     return {
         "configs": int(len(means)),
         "configs_with_seeds": int(repeated.ngroups),
@@ -168,4 +171,21 @@ def seed_noise(paths: str | Path | Sequence[str | Path]) -> dict[str, float]:
         "mean_seed_std": float(repeated.std().mean()) if repeated.ngroups else float("nan"),
         "max_seed_range": float(ranges.max()) if repeated.ngroups else float("nan"),
         "mean_seed_range": float(ranges.mean()) if repeated.ngroups else float("nan"),
+        "seed_kendall_tau": seed_agreement(by_seed),
     }
+
+
+def seed_agreement(by_seed) -> float:
+    """Mean Kendall tau between the rankings two seeds give (over every pair of seeds and the
+    configurations both trained; NaN with fewer than two seeds). How well the ground truth
+    agrees with itself: a search's tau against it can hardly exceed this by much."""
+    from itertools import combinations
+
+    from stitchnas.ranking import kendall_tau
+
+    taus = []
+    for a, b in combinations(by_seed.columns, 2):
+        both = by_seed[[a, b]].dropna()
+        if len(both) >= 3:
+            taus.append(kendall_tau(both[a].tolist(), both[b].tolist()))
+    return float(sum(taus) / len(taus)) if taus else float("nan")

@@ -39,6 +39,8 @@ def test_ground_truth_has_one_row_per_configuration_and_seed(truth_dir):
     np.testing.assert_allclose(summary["test_acc"].to_numpy(), rows.groupby("candidate")["test_acc"].mean().to_numpy())
     noise = seed_noise(truth_dir)
     assert noise["configs"] == 6 and noise["spread"] >= 0 and noise["max_seed_range"] >= noise["mean_seed_range"]
+    by_seed = rows.pivot(index="candidate", columns="seed", values="test_acc")
+    assert noise["seed_kendall_tau"] == pytest.approx(stats.kendalltau(by_seed[0], by_seed[1]).statistic)
 
 
 def test_ground_truth_resume_loses_and_repeats_nothing(truth_dir, tmp_path):
@@ -128,3 +130,16 @@ def test_rank_agrees_with_scipy_and_reports_regret(bms_run, truth_dir):
     assert report["spearman_rho"] == pytest.approx(stats.spearmanr(est, truth).statistic)
     assert report["regret"] == pytest.approx(truth.max() - truth[est.idxmax()])
     assert json.loads((bms_run.out_dir / "ranking.json").read_text())["regret"] == report["regret"]
+
+
+def test_partial_truth_ranks_the_covered_subset_only_when_asked(bms_run, truth_dir, tmp_path):
+    subset = (0, 2, 3, 5)
+    partial = run_ground_truth(truth_config(candidates=subset, seeds=(0,)), tmp_path / "partial", progress=False)
+    with pytest.raises(ValueError, match="2 of 6 configurations missing"):
+        rank_run(bms_run.out_dir, partial)
+    report = rank_run(bms_run.out_dir, partial, partial=True)
+    est = pd.read_csv(bms_run.out_dir / "results.csv").set_index("candidate")["val_acc"].loc[list(subset)]
+    truth = pd.read_csv(partial / "truth.csv").set_index("candidate")["test_acc"].loc[list(subset)]
+    assert report["num_candidates"] == 4
+    assert report["kendall_tau"] == pytest.approx(stats.kendalltau(est, truth).statistic)
+    assert report["regret"] == pytest.approx(truth.max() - truth[est.idxmax()])  # within the subset
