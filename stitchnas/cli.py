@@ -532,6 +532,19 @@ def cmd_stitch_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_reevaluate_command(sub: argparse._SubParsersAction, what: str, run_kind: str, init: str,
+                           handler: Callable[[argparse.Namespace], int]) -> None:
+    """``... evaluate``: re-score a stitching run's configurations (checkpoint or init)."""
+    p = sub.add_parser("evaluate", help=f"re-evaluate {what}")
+    p.add_argument("--run", required=True, help=f"a {run_kind} run folder")
+    p.add_argument("--no-train", action="store_true", help=f"evaluate right after {init} instead")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/evaluate/checkpoint or .../init)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--seed", type=int, default=0, help="seed of random / Optuna searches")
+    add_tune_args(p)
+    p.set_defaults(handler=handler)
+
+
 def add_stitch_commands(sub: argparse._SubParsersAction) -> None:
     """``stitchnas anchors train`` and ``stitchnas stitch train|evaluate|export`` (SN-Net, SN-Netv2)."""
     anchors = sub.add_parser("anchors", help="anchor families for stitching").add_subparsers(
@@ -582,14 +595,8 @@ def add_stitch_commands(sub: argparse._SubParsersAction) -> None:
     add_run_args(p, "runs/stitch")
     p.set_defaults(handler=cmd_stitch_train)
 
-    p = stitch.add_parser("evaluate", help="re-evaluate every configuration of a run")
-    p.add_argument("--run", required=True, help="a 'stitchnas stitch train' run folder")
-    p.add_argument("--no-train", action="store_true", help="evaluate right after the least-squares init instead")
-    p.add_argument("--out", default=None, help="output folder (default: RUN/evaluate/checkpoint or .../init)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--seed", type=int, default=0, help="seed of random / Optuna searches")
-    add_tune_args(p)
-    p.set_defaults(handler=cmd_stitch_evaluate)
+    add_reevaluate_command(stitch, "every configuration of a run", "'stitchnas stitch train'",
+                           "the least-squares init", cmd_stitch_evaluate)
 
     p = stitch.add_parser("export", help="export one configuration of a run as a standalone model")
     p.add_argument("--run", required=True, help="a 'stitchnas stitch train' run folder")
@@ -736,14 +743,8 @@ def add_learngene_commands(sub: argparse._SubParsersAction) -> None:
     add_run_args(p, "runs/learngene_pool")
     p.set_defaults(handler=cmd_learngene_pool)
 
-    p = lg.add_parser("evaluate", help="re-evaluate every descendant of a pool run")
-    p.add_argument("--run", required=True, help="a 'stitchnas learngene pool' run folder")
-    p.add_argument("--no-train", action="store_true", help="evaluate right after the stitch init instead")
-    p.add_argument("--out", default=None, help="output folder (default: RUN/evaluate/checkpoint or .../init)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--seed", type=int, default=0, help="seed of random / Optuna searches")
-    add_tune_args(p)
-    p.set_defaults(handler=cmd_learngene_evaluate)
+    add_reevaluate_command(lg, "every descendant of a pool run", "'stitchnas learngene pool'", "the stitch init",
+                           cmd_learngene_evaluate)
 
     p = lg.add_parser("export", help="export one descendant of a pool run as a standalone model")
     p.add_argument("--run", required=True, help="a 'stitchnas learngene pool' run folder")

@@ -43,7 +43,7 @@ from stitchnas.front import RESULT_COLUMNS, FrontSummary, summarize_front
 from stitchnas.io import ResultsTable, atomic_torch_save, atomic_write_json, file_sha256, load_checkpoint, read_json
 from stitchnas.runs import RUN_CONFIG, prepare_run_dir
 from stitchnas.stitch_search import (
-    data_provenance, evaluation_job, export_dir_name, export_stitch_config, init_batch, largest_anchor,
+    StitchOutcome, data_provenance, evaluation_job, export_dir_name, export_stitch_config, init_batch, largest_anchor,
     load_state_strict,
 )
 from supernet.evaluation import accuracy
@@ -147,13 +147,8 @@ class DistillOutcome:
     history: TrainHistory | None = None
 
 
-@dataclass
-class PoolOutcome:
-    out_dir: Path
-    rows: list[dict[str, Any]]
-    summary: FrontSummary
-    exports: list[Path] = field(default_factory=list)
-    history: TrainHistory | None = None
+#: A pool run ends with what an SN-Net run ends with (folder, rows, front, exports, history).
+PoolOutcome = StitchOutcome
 
 
 # --------------------------------------------------------------------------- stage 1

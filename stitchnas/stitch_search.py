@@ -311,6 +311,14 @@ class StitchEvaluator(CandidateEvaluator):
     val: tuple[torch.Tensor, ...]
     batch_size: int
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Shipped to a Ray worker: always a CPU copy (the worker may have no GPU); in process the
+        # live network is used as is.
+        network = self.network
+        if any(p.device.type != "cpu" for p in network.parameters()):
+            network = copy.deepcopy(network).cpu()
+        return {**self.__dict__, "network": network}
+
     def prepare(self, device: str) -> Callable[[int], float]:
         network = self.network.eval()
         val = torch.utils.data.TensorDataset(*self.val)
