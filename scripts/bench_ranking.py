@@ -72,6 +72,22 @@ def bn_mode_comparison(run: Path, truth_dirs: list[str]) -> tuple[float, float]:
     return kendall_tau(batch, truth_values), kendall_tau([recal[k] for k in keys], truth_values)
 
 
+def search_agreement(folders: list[Path]) -> float:
+    """Mean Kendall tau between the scores two search seeds of one method give (NaN for one
+    seed): how reproducible the method's own ranking is."""
+    from itertools import combinations
+
+    from stitchnas.ranking import kendall_tau
+    from stitchnas.ranking_report import search_estimates
+
+    scores = [search_estimates(f)[1] for f in folders]
+    taus = []
+    for a, b in combinations(scores, 2):
+        keys = sorted(set(a) & set(b), key=int)
+        taus.append(kendall_tau([a[k] for k in keys], [b[k] for k in keys]))
+    return statistics.mean(taus) if taus else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--truth", action="append", required=True, help="ground-truth folder (repeatable)")
@@ -85,6 +101,8 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=24)
     parser.add_argument("--out", default="runs/bench_ranking")
     parser.add_argument("--search-only", action="store_true", help="run the searches, skip ranking")
+    parser.add_argument("--rank-only", action="store_true",
+                        help="rank finished search folders (results.csv) without running or resuming searches")
     parser.add_argument("--partial-truth", action="store_true",
                         help="rank on the configurations the ground truth covers (a subset study)")
     args = parser.parse_args()
@@ -100,7 +118,7 @@ def main() -> None:
         for seed in seeds:
             runs.append((f"GM M={max(ms)}", max(ms), seed, out / f"gm{max(ms)}_s{seed}"))
 
-    for name, m, seed, folder in runs:  # searches first: they do not need the ground truth
+    for name, m, seed, folder in [] if args.rank_only else runs:  # searches first: they need no ground truth
         grouping = "gm" if name.startswith("GM") else "bms"
         bn_mode = "batch" if "batch-BN" in name else "recalibrate"
         cfg = search_config(m, seed, args, grouping, bn_mode)
@@ -122,8 +140,12 @@ def main() -> None:
               f"picked {report['best_estimated_label']} (truth {report['truth_of_selected']:.2f}, best {report['truth_best']:.2f})",
               flush=True)
 
-    print("\nmethod          seeds  Kendall tau    Spearman rho   top-3   regret (points)   paper tau (CIFAR-10)")
+    print("\nmethod          seeds  Kendall tau    Spearman rho   top-3   regret (points)   paper tau (CIFAR-10)"
+          "   seed-to-seed tau")
     summary = {}
+    folders: dict[str, list[Path]] = {}
+    for name, _, _, folder in runs:
+        folders.setdefault(name, []).append(folder)
     for name, rs in reports.items():
         def mean(key: str) -> float:
             return statistics.mean(r[key] for r in rs)
@@ -131,10 +153,13 @@ def main() -> None:
         taus = [r["kendall_tau"] for r in rs]
         m = int(name.split("=")[1].split()[0])
         paper = PAPER_TAU.get(m) if name.startswith("M=") and "batch" not in name else None
+        agreement = search_agreement(folders[name])
         print(f"{name:<15} {len(rs):>5}  {mean('kendall_tau'):.3f} ({min(taus):.2f}..{max(taus):.2f})  {mean('spearman_rho'):.3f}"
-              f"          {top3:.2f}    {mean('regret'):.2f}              {paper if paper is not None else '-'}")
+              f"          {top3:.2f}    {mean('regret'):.2f}              {paper if paper is not None else '-':<5}"
+              f"                 {agreement:.3f}")
         summary[name] = {"kendall_tau": mean("kendall_tau"), "spearman_rho": mean("spearman_rho"),
-                         "top_3_overlap": top3, "regret": mean("regret"), "runs": len(rs)}
+                         "top_3_overlap": top3, "regret": mean("regret"), "runs": len(rs),
+                         "seed_to_seed_tau": agreement}
     if args.bn_compare and 1 in ms:
         print("\nBatchNorm handling for M=1 (the same trained supernets, scored both ways):")
         for seed in seeds:
