@@ -70,7 +70,15 @@ def main() -> None:
         member = step_mixture()
         mixture.update_score(config, member, validation_accuracy(mixture.supernets[member], x, y, amp=False))
 
-    steps = {"standalone": step_standalone, "supernet": step_supernet, "mixture": step_mixture, "bms": step_bms}
+    small = max(1, args.batch_size // 8)
+
+    def step_bms_small():  # the same with --score-batch-size = batch / 8
+        member = step_mixture()
+        mixture.update_score(config, member,
+                             validation_accuracy(mixture.supernets[member], x[:small], y[:small], amp=False))
+
+    steps = {"standalone": step_standalone, "supernet": step_supernet, "mixture": step_mixture, "bms": step_bms,
+             "bms_small": step_bms_small}
     for fn in steps.values():  # warm-up
         for _ in range(10):
             fn()
@@ -87,6 +95,8 @@ def main() -> None:
     print(f"supernet / standalone step time: {med['supernet'] / med['standalone']:.3f}  (target <= 1.10)")
     print(f"mixture (M=4) training step / supernet step: {med['mixture'] / med['supernet']:.3f}  (target <= 1.05)")
     print(f"full BMS step (training + one validation batch) / supernet step: {med['bms'] / med['supernet']:.3f}")
+    print(f"full BMS step, scoring batch {small} (--score-batch-size) / supernet step: "
+          f"{med['bms_small'] / med['supernet']:.3f}")
     params = sum(p.numel() for p in supernet.parameters())
     mparams = sum(p.numel() for p in mixture.parameters())
     print(f"weights: supernet {params} parameters, mixture M=4 {mparams} ({mparams / params:.2f}x)")

@@ -239,7 +239,8 @@ def cmd_search_bms(args: argparse.Namespace) -> int:
 
     train_cfg = train_config_from_args(args)
     space = space_from_args(args)
-    mixture = MixtureConfig(num_supernets=args.num_supernets, t_max=args.t_max, grouping=args.grouping)
+    mixture = MixtureConfig(num_supernets=args.num_supernets, t_max=args.t_max, grouping=args.grouping,
+                            score_batch_size=args.score_batch_size)
     cfg = PoolingSearchConfig(
         space=space, data=data_spec_from_args(args), train=train_cfg,
         eval=eval_config_from_args(args, train_cfg.device), max_candidates=args.candidates,
@@ -781,6 +782,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--t-max", type=float, default=100.0, help="final temperature of the assignment softmax")
     g.add_argument("--grouping", default="bms", choices=("bms", "gm"),
                    help="bms: learned balanced assignment; gm: GM-NAS-style gradient-similarity split")
+    g.add_argument("--score-batch-size", type=int, default=None,
+                   help="validation images scored after every step (default: --batch-size, as BMS); smaller is "
+                        "cheaper and noisier")
     p.add_argument("--candidates", type=int, default=None, help="evaluate a seeded random subset (default: all)")
     p.add_argument("--no-export", action="store_true", help="skip exporting the Pareto-optimal models")
     add_run_args(p, "runs/bms")

@@ -80,6 +80,25 @@ def test_mixture_training_learns_scores_and_spreads_steps():
     torch.testing.assert_close(exported(x), mixture(x))
 
 
+def test_scores_use_a_validation_batch_of_the_score_batch_size(monkeypatch):
+    import supernet.bms as bms
+
+    sizes = []
+    real = bms.validation_accuracy
+
+    def recording(model, x, y, amp):
+        sizes.append(len(x))
+        return real(model, x, y, amp)
+
+    monkeypatch.setattr(bms, "validation_accuracy", recording)
+    for score_batch, want in ((None, 16), (4, 4)):
+        sizes.clear()
+        torch.manual_seed(0)
+        mixture = MixtureOfSuperNets(TINY, ModelSpec(1, 4), MixtureConfig(num_supernets=2, score_batch_size=score_batch))
+        train_mixture(mixture, tiny_data(), tiny_data(seed=1), TrainConfig(epochs=1, batch_size=16), progress=False)
+        assert sizes == [want] * 6  # one scored batch per training step (96 images / 16)
+
+
 def test_balanced_partition_groups_similar_items_in_equal_groups():
     # Two blocks of mutually similar items, shuffled.
     order = np.random.default_rng(1).permutation(12)
@@ -107,6 +126,7 @@ def test_gm_grouping_fixes_balanced_groups_after_warmup():
         (dict(num_supernets=0), r"'num_supernets' \(M\): expected an integer >= 1"),
         (dict(t_max=0.5), "must not go below 1"),
         (dict(grouping="kmeans"), "'grouping'"),
+        (dict(score_batch_size=0), r"'score_batch_size': expected an integer >= 1 or None, got 0"),
     ],
 )
 def test_bad_mixture_settings(kwargs, message):
