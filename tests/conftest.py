@@ -41,6 +41,13 @@ def stitch_data_spec():
 
 
 @pytest.fixture(scope="session")
+def stitch_data(stitch_data_spec):
+    from stitchnas.data import load_data
+
+    return load_data(stitch_data_spec)
+
+
+@pytest.fixture(scope="session")
 def tiny_vit_family(tmp_path_factory, stitch_data_spec):
     """``family(depth, epochs)``: the folder of three tiny ViT anchors (vit_digits presets at that
     depth) trained on :data:`STITCH_DATA_OPTIONS`, trained once per session and setting."""

@@ -18,7 +18,7 @@ from stitching.trainer import StitchTrainConfig
 from stitching.vit import create_vit
 from stitchnas.candidates import CandidateJob, CandidateTask, LookupEvaluator, evaluate_in_process
 from stitchnas.cli import main
-from stitchnas.data import DataSpec, load_data
+from stitchnas.data import DataSpec
 from stitchnas.front import RESULT_COLUMNS
 from stitchnas.io import ResultsTable, file_sha256, read_json
 from stitchnas.learngene_search import (
@@ -34,13 +34,8 @@ QUICK = ["--input-size", "8", "--max-train-samples", "240", "--seed", "1", "--ep
 
 
 @pytest.fixture(scope="module")
-def data():
-    return load_data(DATA)
-
-
-@pytest.fixture(scope="module")
 def anchor_dir(tiny_vit_family, stitch_data_spec):
-    assert stitch_data_spec == DATA
+    assert stitch_data_spec == DATA  # the session's shared stitching data
     return tiny_vit_family(depth=4, epochs=3)  # the SN-Netv2 tests' family
 
 
@@ -60,7 +55,8 @@ def accuracies(folder) -> dict[int, float]:
 
 
 # ----------------------------------------------------------------------------- no Ray needed
-def test_stitch_task_encoding_orders_by_flops_and_round_trips(anchor_dir, data):
+def test_stitch_task_encoding_orders_by_flops_and_round_trips(anchor_dir, stitch_data):
+    data = stitch_data
     cfg = StitchSearchConfig(anchors=tuple(read_anchor_folder(anchor_dir)), data=DATA, train=TRAIN, init_samples=40)
     task = StitchTask(initialised_snnet(cfg, data), data)
     assert len(task) == 23
