@@ -72,6 +72,19 @@ def bn_mode_comparison(run: Path, truth_dirs: list[str]) -> tuple[float, float]:
     return kendall_tau(batch, truth_values), kendall_tau([recal[k] for k in keys], truth_values)
 
 
+def flops_baseline(truth_dirs: list[str]) -> dict:
+    """The ranking FLOPs alone give (more compute, higher rank) against the ground truth."""
+    from stitchnas.ranking import kendall_tau
+    from stitchnas.truth import read_truth_rows
+
+    rows = read_truth_rows(truth_dirs)
+    per_config = rows.groupby(["candidate", "label"], as_index=False).agg(acc=("test_acc", "mean"),
+                                                                          flops=("flops", "first"))
+    dearest = per_config.loc[per_config["flops"].idxmax()]
+    return {"kendall_tau": kendall_tau(per_config["flops"].tolist(), per_config["acc"].tolist()),
+            "picked": dearest["label"], "regret": float(per_config["acc"].max() - dearest["acc"])}
+
+
 def search_agreement(folders: list[Path]) -> float:
     """Mean Kendall tau between the scores two search seeds of one method give (NaN for one
     seed): how reproducible the method's own ranking is."""
@@ -132,6 +145,9 @@ def main() -> None:
     print(f"ground truth ({', '.join(args.truth)}): {noise['configs']} configurations, spread {noise['spread']:.2f} points, "
           f"mean seed std {noise['mean_seed_std']:.2f}, mean seed range {noise['mean_seed_range']:.2f}, "
           f"max seed range {noise['max_seed_range']:.2f}; Kendall tau between seeds {noise['seed_kendall_tau']:.3f}")
+    baseline = flops_baseline(args.truth)
+    print(f"baseline without any training, rank by FLOPs: Kendall tau {baseline['kendall_tau']:.3f}, picks "
+          f"{baseline['picked']} (regret {baseline['regret']:.2f} points)")
     reports: dict[str, list[dict]] = {}
     for name, m, seed, folder in runs:
         report = rank_run(folder, args.truth, partial=args.partial_truth)
@@ -166,7 +182,8 @@ def main() -> None:
             batch_tau, recal_tau = bn_mode_comparison(out / f"m1_s{seed}", args.truth)
             print(f"  seed {seed}: Kendall tau recalibrated {recal_tau:.3f}, per-batch statistics {batch_tau:.3f}")
             summary.setdefault("bn_modes", []).append({"seed": seed, "recalibrate": recal_tau, "batch": batch_tau})
-    (out / "summary.json").write_text(json.dumps({"noise": noise, "methods": summary}, indent=2))
+    (out / "summary.json").write_text(json.dumps({"noise": noise, "flops_baseline": baseline, "methods": summary},
+                                                 indent=2))
     print(f"\nsummary: {out / 'summary.json'}")
 
 

@@ -201,5 +201,6 @@ def compact(tensor: "torch.Tensor") -> "torch.Tensor":
 
 __all__: Sequence[str] = [
     "CANDIDATE_ERRORS", "CandidateEvaluator", "CandidateJob", "CandidateTask", "EvaluationBackend",
-    "LookupEvaluator", "SEARCH_STATE_FILE", "SEARCH_SUMMARY_FILE", "Scorer", "append_scored_row", "clear_results", "compact", "evaluate_in_process",
+    "LookupEvaluator", "SEARCH_STATE_FILE", "SEARCH_SUMMARY_FILE", "Scorer", "append_scored_row", "clear_results",
+    "compact", "evaluate_in_process",
 ]
