@@ -106,7 +106,8 @@ def main() -> None:
     parser.add_argument("--truth", action="append", required=True, help="ground-truth folder (repeatable)")
     parser.add_argument("--ms", default="1,2,4", help="mixture sizes M")
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--gm", action="store_true", help="also run the GM-style split for the largest M")
+    parser.add_argument("--gm", action="store_true", help="also run the GM-style split (M: --gm-m)")
+    parser.add_argument("--gm-m", type=int, default=None, help="M of the GM-style split (default: the largest of --ms)")
     parser.add_argument("--bn-compare", action="store_true", help="also score M=1 with per-batch BatchNorm statistics")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--t-max", type=float, default=100.0)
@@ -128,8 +129,9 @@ def main() -> None:
         for seed in seeds:
             runs.append((f"M={m}", m, seed, out / f"m{m}_s{seed}"))
     if args.gm:
+        gm_m = args.gm_m or max(ms)
         for seed in seeds:
-            runs.append((f"GM M={max(ms)}", max(ms), seed, out / f"gm{max(ms)}_s{seed}"))
+            runs.append((f"GM M={gm_m}", gm_m, seed, out / f"gm{gm_m}_s{seed}"))
 
     for name, m, seed, folder in [] if args.rank_only else runs:  # searches first: they need no ground truth
         grouping = "gm" if name.startswith("GM") else "bms"
