@@ -166,29 +166,34 @@ def clear_results(out_dir: Path, results_file: str) -> None:
 def evaluate_in_process(job: CandidateJob) -> None:
     """Score every candidate of ``job`` not yet in its table, one after another, in this
     process; a failing candidate gets a ``failed`` row and the search goes on."""
-    done = job.table.done_keys("candidate")
-    todo = [i for i in job.candidates if str(i) not in done]
-    if len(todo) < len(job.candidates):
-        log.info("%d of %d candidates already evaluated", len(job.candidates) - len(todo), len(job.candidates))
-    if not todo:
-        return
-    score = job.task.evaluator().prepare(job.device)
-    for index in tqdm(todo, desc="candidates", unit="cand", disable=not job.progress, leave=False):
-        append_scored_row(job.table, job.task, index, score)
+    todo = pending(job.table, job.candidates)
+    if todo:  # a finished (resumed) job builds no model
+        score_candidates(job.table, job.task, todo, job.task.evaluator().prepare(job.device), job.progress)
 
 
-def append_scored_row(table: ResultsTable, task: CandidateTask, index: int, score: Scorer) -> dict[str, Any]:
-    """Score one candidate and append its row (``failed`` with the error if it raises)."""
-    row = task.row(index)
-    start = time.perf_counter()
-    try:
-        row.update(val_acc=float(score(index)), status="ok", error="")
-    except CANDIDATE_ERRORS as err:
-        row.update(val_acc=float("nan"), status="failed", error=f"{type(err).__name__}: {err}")
-        log.warning("candidate %s failed: %s", row["label"], row["error"])
-    row["seconds"] = round(time.perf_counter() - start, 4)
-    table.append(row)
-    return row
+def pending(table: ResultsTable, candidates: Sequence[int]) -> list[int]:
+    """The candidates without a row in ``table`` yet (logs how many are done)."""
+    done = table.done_keys("candidate")
+    todo = [i for i in candidates if str(i) not in done]
+    if len(todo) < len(candidates):
+        log.info("%d of %d candidates already evaluated", len(candidates) - len(todo), len(candidates))
+    return todo
+
+
+def score_candidates(table: ResultsTable, task: CandidateTask, candidates: Sequence[int], score: Scorer,
+                     progress: bool = True) -> None:
+    """Score each candidate and append its row; one that raises a :data:`CANDIDATE_ERRORS`
+    error gets a ``failed`` row with the error, and the rest go on."""
+    for index in tqdm(candidates, desc="candidates", unit="cand", disable=not progress, leave=False):
+        row = task.row(index)
+        start = time.perf_counter()
+        try:
+            row.update(val_acc=float(score(index)), status="ok", error="")
+        except CANDIDATE_ERRORS as err:
+            row.update(val_acc=float("nan"), status="failed", error=f"{type(err).__name__}: {err}")
+            log.warning("candidate %s failed: %s", row["label"], row["error"])
+        row["seconds"] = round(time.perf_counter() - start, 4)
+        table.append(row)
 
 
 def compact(tensor: "torch.Tensor") -> "torch.Tensor":
@@ -201,6 +206,6 @@ def compact(tensor: "torch.Tensor") -> "torch.Tensor":
 
 __all__: Sequence[str] = [
     "CANDIDATE_ERRORS", "CandidateEvaluator", "CandidateJob", "CandidateTask", "EvaluationBackend",
-    "LookupEvaluator", "SEARCH_STATE_FILE", "SEARCH_SUMMARY_FILE", "Scorer", "append_scored_row", "clear_results",
-    "compact", "evaluate_in_process",
+    "LookupEvaluator", "SEARCH_STATE_FILE", "SEARCH_SUMMARY_FILE", "Scorer", "clear_results", "compact",
+    "evaluate_in_process", "pending", "score_candidates",
 ]

@@ -17,10 +17,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from searchspace.pooling import PoolingConfig, PoolingSpace
-from stitchnas.candidates import CandidateEvaluator, CandidateTask, append_scored_row, compact
+from stitchnas.candidates import CandidateEvaluator, CandidateTask, compact, pending, score_candidates
 from stitchnas.data import DataSpec, DataSplits, load_data
 from stitchnas.export import export_model
 from stitchnas.flops import pooling_flops, pooling_params
@@ -194,13 +193,8 @@ def evaluate_candidates(
     progress: bool = True,
 ) -> None:
     """Score each candidate not yet in the table; a failing candidate is recorded, not fatal."""
-    done = rows_table.done_keys("candidate")
-    todo = [c for c in candidates if str(space.index(c)) not in done]
-    if len(todo) < len(candidates):
-        log.info("%d of %d candidates already evaluated", len(candidates) - len(todo), len(candidates))
-    task = PoolingTask(space, data)
-    for config in tqdm(todo, desc="candidates", unit="cand", disable=not progress, leave=False):
-        append_scored_row(rows_table, task, space.index(config), lambda index: score(space.config(index)))
+    todo = pending(rows_table, [space.index(c) for c in candidates])
+    score_candidates(rows_table, PoolingTask(space, data), todo, lambda index: score(space.config(index)), progress)
 
 
 # --------------------------------------------------------------------------- backends' view

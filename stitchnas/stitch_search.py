@@ -295,7 +295,8 @@ class StitchTask(CandidateTask):
         return int(self.flops_by_id[index])
 
     def default_index(self) -> int:
-        return largest_anchor(self.snnet)
+        """The largest anchor (ids ``0..A-1`` are the anchors; a stitch may cost more)."""
+        return max(range(self.snnet.space.num_anchors), key=self.flops)
 
     def evaluator(self) -> "StitchEvaluator":
         return StitchEvaluator(key=uuid.uuid4().hex, network=self.snnet, batch_size=self.batch_size,

@@ -55,7 +55,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SEARCH_ALGORITHMS: tuple[str, ...] = ("exhaustive", "random", "nsga2", "tpe")
-TUNE_SUMMARY_FILE = SEARCH_SUMMARY_FILE
 TUNE_DIR = "tune"
 
 
@@ -346,7 +345,7 @@ class RayTuneStage:
             nodes = cluster_nodes()
             check_resources(opts.cpus_per_trial, opts.gpus_per_trial, nodes)
             self.summary = self._run(job, opts, seed, budget, candidates, concurrency(opts, nodes))
-        atomic_write_json(job.out_dir / TUNE_SUMMARY_FILE, asdict(self.summary))
+        atomic_write_json(job.out_dir / SEARCH_SUMMARY_FILE, asdict(self.summary))
 
     def _run(self, job: CandidateJob, opts: TuneOptions, seed: int, budget: int | None,
              candidates: list[int], slots: int) -> TuneSummary:
