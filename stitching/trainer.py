@@ -55,6 +55,16 @@ AUTO_GAP_STEPS = 24
 _TORCH_STREAM = 2  # generator stream for torch's global RNG (drop path); 0/1 are used elsewhere
 
 
+def _config_from_json(cls: type, data: Any, what: str) -> Any:
+    """``cls(**data)`` for a JSON object holding only ``cls``'s fields; one-line errors otherwise."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}: expected a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{what}: unknown fields {unknown}")
+    return cls(**data)
+
+
 @dataclass(frozen=True)
 class StitchTrainConfig:
     """One recipe for joint SN-Net training (or standalone anchor training).
@@ -113,12 +123,7 @@ class StitchTrainConfig:
 
     @classmethod
     def from_json(cls, data: Any) -> "StitchTrainConfig":
-        if not isinstance(data, dict):
-            raise ValueError(f"stitch train config: expected a JSON object, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"stitch train config: unknown fields {unknown}")
-        return cls(**data)
+        return _config_from_json(cls, data, "stitch train config")
 
 
 @dataclass(frozen=True)
@@ -179,12 +184,7 @@ class SamplingConfig:
 
     @classmethod
     def from_json(cls, data: Any) -> "SamplingConfig":
-        if not isinstance(data, dict):
-            raise ValueError(f"sampling config: expected a JSON object, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"sampling config: unknown fields {unknown}")
-        return cls(**data)
+        return _config_from_json(cls, data, "sampling config")
 
 
 def learning_rate(cfg: StitchTrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
