@@ -51,6 +51,7 @@ from stitchnas.learngene_search import (
 )
 from stitchnas.pareto import hypervolume_2d
 from stitchnas.stitch_search import StitchSearchConfig, load_run, run_stitch_search
+from benchlib import timed
 from supernet.evaluation import accuracy
 
 
@@ -65,12 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
-
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start
 
 
 def extremes(rows: list[dict], net, data) -> dict:

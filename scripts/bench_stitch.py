@@ -31,6 +31,7 @@ from stitching.trainer import StitchTrainConfig, train_network
 from stitchnas.data import DataSpec, load_data
 from stitchnas.io import read_json
 from stitchnas.stitch_search import StitchSearchConfig, load_run, run_stitch_search
+from benchlib import timed
 from supernet.evaluation import accuracy
 
 
@@ -45,12 +46,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these tiny models)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
-
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start
 
 
 def scratch_candidates(rows: list[dict], num_anchors: int, k: int) -> list[dict]:

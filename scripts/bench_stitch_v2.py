@@ -40,6 +40,7 @@ from stitchnas.data import DataSpec, load_data
 from stitchnas.io import atomic_torch_save, atomic_write_json, file_sha256, read_json
 from stitchnas.pareto import hypervolume_2d
 from stitchnas.stitch_search import StitchSearchConfig, run_stitch_search
+from benchlib import timed
 from supernet.evaluation import accuracy
 
 PRESETS = ("vit_digits_tiny", "vit_digits_base")
@@ -61,12 +62,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these tiny models)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
-
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start
 
 
 def train_two_anchors(out: Path, data_spec: DataSpec, train: StitchTrainConfig) -> list[Any]:
