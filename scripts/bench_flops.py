@@ -12,7 +12,8 @@ import time
 import torch
 
 from searchspace.pooling import create_space
-from stitchnas.flops import fvcore_flops, pooling_flops
+from stitchnas.core.flops import fvcore_flops
+from supernet.flops import pooling_flops
 from supernet.networks import ModelSpec, build_model
 
 

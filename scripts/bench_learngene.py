@@ -39,20 +39,21 @@ from pathlib import Path
 
 import torch
 
-from stitching.anchors_train import AnchorTrainConfig, read_anchor_folder, train_anchors
+import stitchnas
+from stitching.anchors import read_anchor_folder
+from stitchnas.methods.anchors import AnchorTrainConfig, train_anchors
 from stitching.flops import anchor_flops
 from stitching.learngene import StudentSpec
 from stitching.learngene_train import DistillConfig
 from stitching.trainer import StitchTrainConfig
 from stitchnas.data import DataSpec, load_data
-from stitchnas.io import read_json
-from stitchnas.learngene_search import (
-    LearngeneDistillRunConfig, LearngenePoolConfig, load_pool_run, run_distill, run_learngene_pool,
-)
-from stitchnas.pareto import hypervolume_2d
-from stitchnas.stitch_search import StitchSearchConfig, load_run, run_stitch_search
+from stitchnas.core.io import read_json
+from stitchnas.methods import method_from_run
+from stitchnas.methods.learngene import LearngeneDistillRunConfig, LearngenePoolConfig, run_distill
+from stitchnas.search.pareto import hypervolume_2d
+from stitchnas.methods.snnet import StitchSearchConfig
 from benchlib import timed
-from supernet.evaluation import accuracy
+from stitchnas.core.evaluation import accuracy
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
+
+
+def trained_network(run: Path):
+    """A finished run's network with the weights of its last checkpoint (eval mode)."""
+    method = method_from_run(run)
+    return method.load_trained(run, method.load_data())
 
 
 def extremes(rows: list[dict], net, data) -> dict:
@@ -106,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     # 2. SN-Net on the family, distilled from the same teacher
     joint = StitchTrainConfig(epochs=args.finetune_epochs, batch_size=32, lr=1e-3, distill_weight=0.5,
                               seed=args.seed)
-    snnet_run, snnet_s = timed(run_stitch_search, StitchSearchConfig(anchors=tuple(refs), data=spec, train=joint,
-                                                                      export_front=False), out / "snnet",
+    snnet_run, snnet_s = timed(stitchnas.run_search, StitchSearchConfig(anchors=tuple(refs), data=spec, train=joint,
+                                                                         export_front=False), out / "snnet",
                                progress=False)
-    _, _, snnet, _ = load_run(out / "snnet")
+    snnet = trained_network(out / "snnet")
 
     # 3. Learngene Pool
     d = args.student_depth
@@ -123,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                                  distill_weight=0.5, seed=args.seed)
     pool_cfg = LearngenePoolConfig(distill_run=str(out / "distill"), init="matrices", finetune=finetune,
                                    export_front=True)
-    pool_run, pool_s = timed(run_learngene_pool, pool_cfg, out / "pool", progress=False)
-    *_, pool = load_pool_run(out / "pool")
+    pool_run, pool_s = timed(stitchnas.run_search, pool_cfg, out / "pool", progress=False)
+    pool = trained_network(out / "pool")
 
     # 4. init ablation, on the students above and on students distilled with frozen matrices
     frozen, frozen_s = timed(run_distill, LearngeneDistillRunConfig(teacher_ref, replace(distill, train_matrices=False),
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             for tag, epochs in (("0", 0), ("short", args.short_epochs)):
                 cfg = LearngenePoolConfig(distill_run=str(run_dir), init=init, export_front=False,
                                           finetune=replace(finetune, epochs=epochs))
-                ablation[(matrices, init, tag)] = run_learngene_pool(
+                ablation[(matrices, init, tag)] = stitchnas.run_search(
                     cfg, out / "ablation" / f"{matrices}_{init}_{tag}", progress=False)
     total_s, cpu_s = time.perf_counter() - start_all, time.process_time() - cpu_all
 

@@ -20,11 +20,12 @@ import os
 import statistics
 from pathlib import Path
 
+import stitchnas
 from searchspace.pooling import resnet20_space
 from stitchnas.data import DataSpec
-from stitchnas.pooling_search import PoolingSearchConfig, run_pooling_search
-from stitchnas.ranking_report import rank_run
-from stitchnas.truth import seed_noise
+from stitchnas.methods.pooling import PoolingSearchConfig
+from stitchnas.studies.report import rank_run
+from stitchnas.studies.truth import seed_noise
 from supernet.bms import MixtureConfig
 from supernet.evaluation import EvalConfig
 from supernet.training import TrainConfig
@@ -52,10 +53,10 @@ def bn_mode_comparison(run: Path, truth_dirs: list[str]) -> tuple[float, float]:
     from dataclasses import replace
 
     from stitchnas.data import load_data
-    from stitchnas.io import load_checkpoint, read_json
-    from stitchnas.ranking import kendall_tau
-    from stitchnas.ranking_report import search_estimates
-    from stitchnas.truth import load_truth
+    from stitchnas.core.io import load_checkpoint, read_json
+    from stitchnas.studies.ranking import kendall_tau
+    from stitchnas.studies.report import search_estimates
+    from stitchnas.studies.truth import load_truth
     from supernet.evaluation import evaluate_path
     from supernet.networks import ModelSpec, build_supernet
 
@@ -74,8 +75,8 @@ def bn_mode_comparison(run: Path, truth_dirs: list[str]) -> tuple[float, float]:
 
 def flops_baseline(truth_dirs: list[str]) -> dict:
     """The ranking FLOPs alone give (more compute, higher rank) against the ground truth."""
-    from stitchnas.ranking import kendall_tau
-    from stitchnas.truth import read_truth_rows
+    from stitchnas.studies.ranking import kendall_tau
+    from stitchnas.studies.truth import read_truth_rows
 
     rows = read_truth_rows(truth_dirs)
     per_config = rows.groupby(["candidate", "label"], as_index=False).agg(acc=("test_acc", "mean"),
@@ -90,8 +91,8 @@ def search_agreement(folders: list[Path]) -> float:
     seed): how reproducible the method's own ranking is."""
     from itertools import combinations
 
-    from stitchnas.ranking import kendall_tau
-    from stitchnas.ranking_report import search_estimates
+    from stitchnas.studies.ranking import kendall_tau
+    from stitchnas.studies.report import search_estimates
 
     scores = [search_estimates(f)[1] for f in folders]
     taus = []
@@ -139,7 +140,7 @@ def main() -> None:
         cfg = search_config(m, seed, args, grouping, bn_mode)
         resume = (folder / "run_config.json").exists()
         print(f"[{name} seed {seed}] {'resuming' if resume else 'running'} in {folder}", flush=True)
-        run_pooling_search(cfg, folder, resume=resume, progress=os.isatty(2))
+        stitchnas.run_search(cfg, folder, resume=resume, progress=os.isatty(2))
     if args.search_only:
         return
 

@@ -26,13 +26,16 @@ from pathlib import Path
 
 import torch
 
-from stitching.anchors_train import AnchorTrainConfig, read_anchor_folder, train_anchors
+import stitchnas
+from stitching.anchors import read_anchor_folder
+from stitchnas.methods.anchors import AnchorTrainConfig, train_anchors
 from stitching.trainer import StitchTrainConfig, train_network
 from stitchnas.data import DataSpec, load_data
-from stitchnas.io import read_json
-from stitchnas.stitch_search import StitchSearchConfig, load_run, run_stitch_search
+from stitchnas.core.io import read_json
+from stitchnas.methods import method_from_run
+from stitchnas.methods.snnet import StitchSearchConfig
 from benchlib import timed
-from supernet.evaluation import accuracy
+from stitchnas.core.evaluation import accuracy
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,13 +83,14 @@ def main(argv: list[str] | None = None) -> int:
                                     device="cpu")
     base = dict(anchors=tuple(refs), data=data_spec)
     init_cfg = StitchSearchConfig(**base, train=StitchTrainConfig(epochs=0, seed=args.seed), export_front=False)
-    init, init_s = timed(run_stitch_search, init_cfg, out / "init", progress=False)
-    joint, joint_s = timed(run_stitch_search, StitchSearchConfig(**base, train=joint_train), out / "joint",
+    init, init_s = timed(stitchnas.run_search, init_cfg, out / "init", progress=False)
+    joint, joint_s = timed(stitchnas.run_search, StitchSearchConfig(**base, train=joint_train), out / "joint",
                            progress=False)
     eval_s = sum(r["seconds"] for r in joint.rows)
 
     # 4. intermediate architectures from scratch, same recipe as an anchor
-    _, _, snnet, _ = load_run(out / "joint")
+    method = method_from_run(out / "joint")
+    snnet = method.load_trained(out / "joint", method.load_data())  # the last checkpoint's weights
     scratch = []
     for row in scratch_candidates(joint.rows, len(refs), args.scratch):
         snnet.set_active(int(row["candidate"]))

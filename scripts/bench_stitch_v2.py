@@ -33,15 +33,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from stitching.anchors_train import MANIFEST_FILE, create_anchor, data_overrides, read_anchor_folder
+import stitchnas
+from stitching.anchors import MANIFEST_FILE, create_anchor, read_anchor_folder
+from stitchnas.methods.anchors import data_overrides
 from stitching.flops import anchor_flops
 from stitching.trainer import AUTO_GAP_STEPS, SamplingConfig, StitchTrainConfig, train_network
 from stitchnas.data import DataSpec, load_data
-from stitchnas.io import atomic_torch_save, atomic_write_json, file_sha256, read_json
-from stitchnas.pareto import hypervolume_2d
-from stitchnas.stitch_search import StitchSearchConfig, run_stitch_search
+from stitchnas.core.io import atomic_torch_save, atomic_write_json, file_sha256, read_json
+from stitchnas.search.pareto import hypervolume_2d
+from stitchnas.methods.snnet import StitchSearchConfig
 from benchlib import timed
-from supernet.evaluation import accuracy
+from stitchnas.core.evaluation import accuracy
 
 PRESETS = ("vit_digits_tiny", "vit_digits_base")
 
@@ -97,7 +99,7 @@ def run_summary(name: str, cfg: StitchSearchConfig, outcome: Any, seconds: float
     rows = [r for r in outcome.rows if r["status"] == "ok"]
     by_id = sorted(outcome.rows, key=lambda r: int(r["candidate"]))
     # the sampler training used: the run's sampling options over its analytic FLOPs (= flops_table)
-    probabilities = cfg.sampling.build([int(r["flops"]) for r in by_id]).probabilities()
+    probabilities = cfg.effective_sampling.build([int(r["flops"]) for r in by_id]).probabilities()
     stitched = sorted((r for r in rows if int(r["candidate"]) >= num_anchors),
                       key=lambda r: (r["flops"], -r["val_acc"]))
     drawn = [int(i) for e in outcome.history.epochs for i in e.get("configs", [])]
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     summaries = []
     for name, cfg in runs.items():
         shutil.rmtree(out / name, ignore_errors=True)
-        outcome, seconds = timed(run_stitch_search, cfg, out / name, progress=False)
+        outcome, seconds = timed(stitchnas.run_search, cfg, out / name, progress=False)
         summaries.append(run_summary(name, cfg, outcome, seconds))
     total_s = time.perf_counter() - start_all
 
@@ -199,7 +201,7 @@ def _bin(flops: Any, edges: np.ndarray) -> np.ndarray:
 
 
 def _groups(cfg: StitchSearchConfig) -> str:
-    gap = cfg.sampling.flops_gap_mflops if cfg.sampling is not None else None
+    gap = cfg.effective_sampling.flops_gap_mflops
     return f"gap {gap} MFLOPs" if gap is not None else f"auto gap = FLOPs range / {AUTO_GAP_STEPS}"
 
 

@@ -8,7 +8,7 @@ ResNet-50 pooling space.
    ``<out>/reference`` (a normal run folder: rerunning reuses or resumes it).
 2. Throughput, real evaluations: the same ``--candidates`` configurations scored by the
    in-process loop (torch using every core, then one thread; the faster is the baseline) and by
-   the Ray Tune stage (exhaustive, ``--candidates-per-trial`` per trial, 1 CPU per trial,
+   the Ray Tune backend (exhaustive, ``--candidates-per-trial`` per trial, 1 CPU per trial,
    supernet weights shared through the object store). The accuracies must be identical.
    Ray's rate counts the whole ``Tuner.fit`` (experiment and actor start-up included) but not
    ``ray.init``, which a session pays once.
@@ -43,18 +43,20 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import torch  # noqa: E402
 
-from searchspace.pooling import resnet50_space  # noqa: E402
+import stitchnas  # noqa: E402
+from searchspace.pooling import PoolingConfig, resnet50_space  # noqa: E402
 from stitchnas.data import DataSpec, load_data  # noqa: E402
-from stitchnas.front import RESULT_COLUMNS  # noqa: E402
-from stitchnas.io import ResultsTable, load_checkpoint  # noqa: E402
-from stitchnas.pareto import hypervolume_2d, pareto_front  # noqa: E402
-from stitchnas.pooling_search import (  # noqa: E402
-    SUPERNET_CHECKPOINT, EvaluationContext, PoolingSearchConfig, in_process_stage, run_pooling_search,
-    select_candidates, space_reference,
+from stitchnas.search.front import RESULT_COLUMNS  # noqa: E402
+from stitchnas.core.io import ResultsTable, load_checkpoint  # noqa: E402
+from stitchnas.search.pareto import hypervolume_2d, pareto_front  # noqa: E402
+from stitchnas.methods.pooling import (  # noqa: E402
+    SUPERNET_CHECKPOINT, PoolingSearchConfig, PoolingTask, select_candidates,
 )
-from stitchnas.ray_cluster import ray_session  # noqa: E402
-from stitchnas.tune import RayTuneStage, TuneOptions  # noqa: E402
+from stitchnas.search.candidates import CandidateJob, evaluate_in_process  # noqa: E402
+from stitchnas.backends.cluster import ray_session  # noqa: E402
+from stitchnas.backends.tune import RayTuneStage, TuneOptions  # noqa: E402
 from supernet.evaluation import EvalConfig  # noqa: E402
+from supernet.flops import pooling_flops  # noqa: E402
 from supernet.networks import ModelSpec, build_supernet  # noqa: E402
 from supernet.training import TrainConfig  # noqa: E402
 
@@ -67,13 +69,18 @@ def reference_config(epochs: int) -> PoolingSearchConfig:
     )
 
 
-def context(cfg: PoolingSearchConfig, supernet: Any, data: Any, candidates: list, folder: Path) -> EvaluationContext:
+def context(cfg: PoolingSearchConfig, supernet: Any, data: Any, candidates: list[PoolingConfig],
+            folder: Path) -> CandidateJob:
+    """An evaluation request for ``candidates`` of the trained ``supernet`` (None: lookups only)
+    into a fresh ``folder/results.csv``, as a pooling search hands it to its backend."""
     folder.mkdir(parents=True, exist_ok=False)
     table = ResultsTable(folder / "results.csv", RESULT_COLUMNS)
-    return EvaluationContext(cfg.space, supernet, data, cfg, table, candidates, folder, progress=False)
+    return CandidateJob(PoolingTask(cfg.space, data, supernet, cfg.eval), table,
+                        [cfg.space.index(c) for c in candidates], folder, seed=cfg.train.seed,
+                        subset_size=cfg.max_candidates, progress=False, device=cfg.train.device)
 
 
-def accuracies(ctx: EvaluationContext) -> dict[int, float]:
+def accuracies(ctx: CandidateJob) -> dict[int, float]:
     return {int(r["candidate"]): float(r["val_acc"]) for r in ctx.table.rows()}
 
 
@@ -102,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = reference_config(args.epochs)
     ref_dir = out / "reference"
     start = time.perf_counter()
-    reference = run_pooling_search(cfg, ref_dir, resume=(ref_dir / "run_config.json").exists(), progress=False,
-                                   stage=in_process_stage)
+    reference = stitchnas.run_search(cfg, ref_dir, resume=(ref_dir / "run_config.json").exists(), progress=False)
     rows = {int(r["candidate"]): r for r in reference.rows}
     print(f"reference: {len(rows)} configurations of {cfg.space.name} scored in process "
           f"({time.perf_counter() - start:.1f}s this time; cached in {ref_dir}/results.csv)")
@@ -111,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     supernet = build_supernet(cfg.space, ModelSpec(data.in_chans, data.num_classes))
     supernet.load_state_dict(load_checkpoint(ref_dir / SUPERNET_CHECKPOINT)["model"])
     lookup = {i: float(r["val_acc"]) for i, r in rows.items()}
-    ref_point = space_reference(cfg.space, data.input_size, data.in_chans, data.num_classes)
+    # the space's fixed reference: 1.1 x the largest FLOPs of any configuration, accuracy 0
+    ref_point = (1.1 * max(pooling_flops(cfg.space, c, data.input_size, data.in_chans, data.num_classes)
+                           for c in cfg.space), 0.0)
     flops = [float(rows[i]["flops"]) for i in sorted(rows)]
     accs = [lookup[i] for i in sorted(rows)]
     full_hv = hypervolume_2d(flops, accs, ref_point)
@@ -135,14 +143,14 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(threads)
             ctx = context(cfg, supernet, data, subset, run / f"local-{threads}t")
             start = time.perf_counter()
-            in_process_stage(ctx)
+            evaluate_in_process(ctx)
             local_rates[threads] = len(subset) / (time.perf_counter() - start)
             local_acc = accuracies(ctx)
         torch.set_num_threads(cores)
         ctx = context(cfg, supernet, data, subset, run / "ray-throughput")
         stage = RayTuneStage(TuneOptions(search="exhaustive", candidates_per_trial=args.candidates_per_trial,
                                          cpus_per_trial=1))
-        stage(ctx)
+        stage.evaluate(ctx)
         assert stage.summary is not None
         summary = stage.summary
         ray_rate = len(subset) / summary.wall_s
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         n = 96
         ctx = context(cfg, None, data, cfg.space.configurations()[:n], run / f"overhead-{n}")
         stage = RayTuneStage(TuneOptions(search="exhaustive", candidates_per_trial=1), lookup=lookup)
-        stage(ctx)
+        stage.evaluate(ctx)
         summary = stage.summary
         assert summary is not None and summary.trials == n
         per_trial = summary.span_s * summary.concurrency / n
@@ -184,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 ctx = context(cfg, None, data, [], run / f"{algorithm}-seed{seed}")
                 stage = RayTuneStage(TuneOptions(search=algorithm, budget=args.budget, seed=seed,
                                                  candidates_per_trial=args.candidates_per_trial), lookup=lookup)
-                stage(ctx)
+                stage.evaluate(ctx)
                 assert stage.summary is not None
                 got = ctx.table.rows()
                 assert len(got) == args.budget and len({r["candidate"] for r in got}) == args.budget

@@ -36,28 +36,28 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import torch  # noqa: E402
 
-from stitchnas.candidates import CandidateJob, evaluate_in_process  # noqa: E402
-from stitchnas.front import RESULT_COLUMNS  # noqa: E402
-from stitchnas.io import ResultsTable, read_json  # noqa: E402
-from stitchnas.pareto import hypervolume_2d, pareto_front  # noqa: E402
-from stitchnas.ray_cluster import ray_session  # noqa: E402
-from stitchnas.runs import RUN_CONFIG  # noqa: E402
-from stitchnas.stitch_search import StitchTask  # noqa: E402
-from stitchnas.tune import RayTuneStage, TuneOptions  # noqa: E402
+from stitchnas.search.candidates import CandidateJob, evaluate_in_process  # noqa: E402
+from stitchnas.search.front import RESULT_COLUMNS  # noqa: E402
+from stitchnas.core.io import ResultsTable  # noqa: E402
+from stitchnas.search.pareto import hypervolume_2d, pareto_front  # noqa: E402
+from stitchnas.backends.cluster import ray_session  # noqa: E402
+from stitchnas.methods import method_from_run  # noqa: E402
+from stitchnas.methods.learngene import LearngenePoolMethod  # noqa: E402
+from stitchnas.methods.snnet import SNNetMethod, StitchTask  # noqa: E402
+from stitchnas.backends.tune import RayTuneStage, TuneOptions  # noqa: E402
 
 
 def load_network(run: Path) -> tuple[str, Any, Any, int]:
     """(method, network, data, eval batch size) of a stitch or learngene-pool run."""
-    raw = read_json(run / RUN_CONFIG, "run config")
-    if raw.get("kind") == "stitch_search":
-        from stitchnas.stitch_search import load_run
-
-        cfg, data, snnet, _ = load_run(run)
-        return ("SN-Netv2" if cfg.version == "v2" else "SN-Net"), snnet, data, cfg.eval_batch_size
-    from stitchnas.learngene_search import load_pool_run
-
-    cfg, _, _, data, pool = load_pool_run(run)
-    return "Learngene Pool", pool, data, cfg.eval_batch_size
+    method = method_from_run(run)
+    if isinstance(method, SNNetMethod):
+        name = "SN-Netv2" if method.cfg.version == "v2" else "SN-Net"
+    elif isinstance(method, LearngenePoolMethod):
+        name = "Learngene Pool"
+    else:
+        raise ValueError(f"run folder {run}: not a stitch or learngene-pool run")
+    data = method.load_data()
+    return name, method.load_trained(run, data), data, method.cfg.eval_batch_size
 
 
 def job(task: StitchTask, folder: Path, candidates: list[int]) -> CandidateJob:

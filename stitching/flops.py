@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from searchspace.stitch import StitchConfig
-from stitchnas.flops import fvcore_flops  # noqa: F401  (re-exported: one fvcore wrapper for all models)
+from stitchnas.core.flops import fvcore_flops  # noqa: F401  (re-exported: one fvcore wrapper for all models)
 from stitching.cnn import RESNET_FAMILY
 from stitching.vit import VIT_FAMILY
 

@@ -6,7 +6,7 @@ at two or more widths. Their blocks are the learngene instances; *descendants* a
 SN-Net paired stitching between the narrow and the wide student (both students plus the
 narrow -> wide stitches), so a pool can offer models smaller than any anchor of the
 teacher's own family. This module holds the pieces; training lives in
-:mod:`stitching.learngene_train`, the pipeline in :mod:`stitchnas.learngene_search`.
+:mod:`stitching.learngene_train`, the pipeline in :mod:`stitchnas.methods.learngene`.
 
 Distillation loss of one student (official ``train_one_epoch_distill``, ``distill_loss='all'``
 without the attention term)::

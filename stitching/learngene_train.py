@@ -25,13 +25,12 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from stitching.learngene import LearngeneDistiller, Matches, StudentSpec, matched_blocks, student_config
 from stitching.snnet import SNNet
 from stitching.trainer import StitchTrainConfig, build_optimizer, learning_rate, train_network
-from stitchnas.checkpoints import EpochCheckpoint
-from supernet.training import TensorBatches, TrainHistory, autocast, epoch_generator, resolve_device
+from stitchnas.core.checkpoints import EpochCheckpoint
+from stitchnas.core.training import Epoch, FitOptions, TensorBatches, TrainHistory, autocast, fit, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +134,17 @@ def distill_students(
 ) -> TrainHistory:
     """Distil the frozen ``teacher`` into every student of ``distiller`` for ``cfg.train.epochs``.
 
-    Returns the per-epoch mean of every loss part (summed over students) and the learning rate.
+    The epochs run in :func:`stitchnas.core.training.fit`: a checkpoint before the first epoch
+    and after every epoch at ``checkpoint_path``, resumed with ``resume``; ``on_step(global_step)``
+    after every step.
+
+    Returns:
+        The per-epoch mean of every loss part (summed over students) and the learning rate.
+
+    Raises:
+        TrainingDiverged: A step's summed loss is not finite (the last finite checkpoint is kept).
+        ValueError: ``distiller`` was not built from ``cfg``, or a checkpoint of a different
+            recipe (when resuming).
     """
     tc = cfg.train
     device = resolve_device(tc.device)
@@ -154,42 +163,34 @@ def distill_students(
     checkpoint = EpochCheckpoint(Path(checkpoint_path) if checkpoint_path is not None else None,
                                  {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION,
                                   "distill_config": cfg.to_json()}, "learngene distillation")
-    history = TrainHistory()
-    start_epoch, history.epochs = checkpoint.restore(distiller, optimizer, resume)
-    if start_epoch == 0:
-        checkpoint.save(0, distiller, optimizer, [])
-    bar = tqdm(range(start_epoch, tc.epochs), desc="distill", unit="epoch", disable=not progress,
-               initial=start_epoch, total=tc.epochs, leave=False)
-    for epoch in bar:
-        gen = epoch_generator(tc.seed, epoch)
+
+    def run_epoch(epoch: Epoch) -> dict[str, Any]:
         sums = {k: 0.0 for k in ("loss", "ce", "soft", "mse")}
         seen = 0
-        fork = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork):
-            torch.manual_seed(epoch_generator(tc.seed, epoch, _TORCH_STREAM).initial_seed())
-            for i, (x, y) in enumerate(batches.iterate(tc.batch_size, gen, drop_last=True)):
-                step = epoch * steps_per_epoch + i
-                lr = learning_rate(tc, step, total_steps, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group["lr_scale"]
-                distiller.train()
-                with autocast(device, tc.amp):
-                    feats, t_logits = teacher_outputs(teacher, x)
-                    losses = distiller(x, y, feats, t_logits)
-                total = sum(part.total for part in losses)
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()  # type: ignore[union-attr]
-                optimizer.step()
-                seen += len(y)
-                for key, field_name in (("loss", "total"), ("ce", "ce"), ("soft", "soft"), ("mse", "mse")):
-                    sums[key] += float(sum(getattr(p, field_name).detach() for p in losses)) * len(y)
-                if on_step is not None:
-                    on_step(step + 1)
-        record: dict[str, Any] = {"epoch": epoch + 1, **{k: v / max(1, seen) for k, v in sums.items()},
-                                  "lr": optimizer.param_groups[0]["lr"]}
-        history.epochs.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}")
-        checkpoint.save(epoch + 1, distiller, optimizer, history.epochs)
+        for i, (x, y) in enumerate(batches.iterate(tc.batch_size, epoch.generator(), drop_last=True)):
+            lr = learning_rate(tc, epoch.index * steps_per_epoch + i, total_steps, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            distiller.train()
+            with autocast(device, tc.amp):
+                feats, t_logits = teacher_outputs(teacher, x)
+                losses = distiller(x, y, feats, t_logits)
+            total = sum(part.total for part in losses)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()  # type: ignore[union-attr]
+            optimizer.step()
+            seen += len(y)
+            parts = {key: float(sum(getattr(p, field_name).detach() for p in losses))
+                     for key, field_name in (("loss", "total"), ("ce", "ce"), ("soft", "soft"), ("mse", "mse"))}
+            for key, value in parts.items():
+                sums[key] += value * len(y)
+            epoch.step(parts["loss"])
+        return {"epoch": epoch.index + 1, **{k: v / max(1, seen) for k, v in sums.items()},
+                "lr": optimizer.param_groups[0]["lr"]}
+
+    options = FitOptions(tc.epochs, steps_per_epoch, tc.seed, desc="distill", progress=progress, resume=resume,
+                         save_start=True, torch_stream=_TORCH_STREAM, device=device)
+    history = fit(run_epoch, distiller, optimizer, checkpoint, options, on_step)
     distiller.eval()
     return history
 

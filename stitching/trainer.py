@@ -29,12 +29,11 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from searchspace.samplers import ConfigSampler, FlopsGroupedSampler, UniformSampler
-from stitchnas.checkpoints import EpochCheckpoint
-from supernet.training import (
-    TensorBatches, TrainHistory, autocast, cosine_lr, epoch_generator, epoch_rng, resolve_device,
+from stitchnas.core.checkpoints import EpochCheckpoint
+from stitchnas.core.training import (
+    Epoch, FitOptions, TensorBatches, TrainHistory, autocast, cosine_lr, epoch_rng, fit, resolve_device,
 )
 
 log = logging.getLogger(__name__)
@@ -252,8 +251,15 @@ def train_network(
         resume: continue from ``checkpoint_path`` if it exists (same recipe required).
         on_step: called with the global step after every step (tests interrupt runs with it).
 
+    The epochs run in :func:`stitchnas.core.training.fit`.
+
     Returns:
         Per-epoch loss, training accuracy and the learning rate of every group.
+
+    Raises:
+        TrainingDiverged: A step's loss is not finite (the last finite checkpoint is kept).
+        ValueError: ``choose`` and ``sampler`` both given, a ``sampler`` for a model without
+            ``set_active``, or a checkpoint of a different recipe (when resuming).
     """
     if choose is not None and sampler is not None:
         raise ValueError("train_network: pass either 'choose' or 'sampler', not both")
@@ -272,43 +278,35 @@ def train_network(
     checkpoint = EpochCheckpoint(Path(checkpoint_path) if checkpoint_path is not None else None,
                                  {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "train_config": cfg.to_json()},
                                  desc)
-    history = TrainHistory()
-    start_epoch, history.epochs = checkpoint.restore(model, optimizer, resume)
-    if start_epoch == 0:
-        checkpoint.save(0, model, optimizer, [])  # the starting point (SN-Net: the least-squares init) too
-    bar = tqdm(range(start_epoch, cfg.epochs), desc=desc, unit="epoch", disable=not progress,
-               initial=start_epoch, total=cfg.epochs, leave=False)
-    for epoch in bar:
-        rng, gen = epoch_rng(cfg.seed, epoch), epoch_generator(cfg.seed, epoch)
+
+    def run_epoch(epoch: Epoch) -> dict[str, Any]:
+        rng = epoch.rng()
         loss_sum, correct, seen = 0.0, 0, 0
         drawn: list[int] = []
-        fork = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork):
-            # drop path draws from torch's global RNG: seed it per epoch so a resume replays it
-            torch.manual_seed(epoch_generator(cfg.seed, epoch, _TORCH_STREAM).initial_seed())
-            for i, (x, y) in enumerate(batches.iterate(cfg.batch_size, gen, drop_last=True)):
-                step = epoch * steps_per_epoch + i
-                if choose is not None:
-                    choose(rng)
-                elif sampler is not None:
-                    drawn.append(sampler.sample(rng))
-                    model.set_active(drawn[-1])
-                lr = learning_rate(cfg, step, total_steps, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group["lr_scale"]
-                loss, hits = _step(model, x, y, optimizer, cfg, teacher, device)
-                loss_sum, correct, seen = loss_sum + loss * len(y), correct + hits, seen + len(y)
-                if on_step is not None:
-                    on_step(step + 1)
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen),
+        for i, (x, y) in enumerate(batches.iterate(cfg.batch_size, epoch.generator(), drop_last=True)):
+            if choose is not None:
+                choose(rng)
+            elif sampler is not None:
+                drawn.append(sampler.sample(rng))
+                model.set_active(drawn[-1])
+            lr = learning_rate(cfg, epoch.index * steps_per_epoch + i, total_steps, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            loss, hits = _step(model, x, y, optimizer, cfg, teacher, device)
+            loss_sum, correct, seen = loss_sum + loss * len(y), correct + hits, seen + len(y)
+            epoch.step(loss)
+        record: dict[str, Any] = {"epoch": epoch.index + 1, "loss": loss_sum / max(1, seen),
                                   "train_acc": 100.0 * correct / max(1, seen)}
         record.update({f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)})
         if sampler is not None:
             record["configs"] = drawn
-        history.epochs.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}")
-        checkpoint.save(epoch + 1, model, optimizer, history.epochs)
-    return history
+        return record
+
+    # the starting point (SN-Net: the least-squares init) is checkpointed too (save_start);
+    # drop path draws from torch's global RNG, seeded per epoch (torch_stream)
+    options = FitOptions(cfg.epochs, steps_per_epoch, cfg.seed, desc=desc, progress=progress, resume=resume,
+                         save_start=True, torch_stream=_TORCH_STREAM, device=device)
+    return fit(run_epoch, model, optimizer, checkpoint, options, on_step)
 
 
 def _step(

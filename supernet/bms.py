@@ -16,21 +16,18 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from searchspace.pooling import PoolingConfig, PoolingSpace
-from supernet.evaluation import batch_statistics
+from stitchnas.core.evaluation import batch_statistics
 from supernet.networks import ModelSpec, PoolingSuperNet
-from supernet.training import (
-    TensorBatches, TrainConfig, TrainHistory, autocast, build_optimizer, cosine_lr, epoch_generator,
-    epoch_rng, resolve_device, sgd_step,
-)
-from stitchnas.checkpoints import EpochCheckpoint
+from stitchnas.core.training import Epoch, FitOptions, TensorBatches, TrainHistory, autocast, epoch_generator, fit, resolve_device
+from supernet.training import TrainConfig, build_optimizer, cosine_lr, sgd_step
+from stitchnas.core.checkpoints import EpochCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +283,15 @@ def train_mixture(
     on_step: Callable[[int], None] | None = None,
 ) -> TrainHistory:
     """Train the mixture; with M = 1 the supernet's weights follow :func:`supernet.training.train`
-    step for step (same sampled paths, batches and learning rates)."""
+    step for step (same sampled paths, batches and learning rates).
+
+    The epochs run in :func:`stitchnas.core.training.fit` (checkpoint after every epoch at
+    ``checkpoint_path``, resumed with ``resume``; ``on_step(global_step)`` after every step).
+
+    Raises:
+        TrainingDiverged: A step's loss is not finite (the last finite checkpoint is kept).
+        ValueError: ``checkpoint_path`` holds a checkpoint of a different recipe (when resuming).
+    """
     device = resolve_device(cfg.device)
     mixture.to(device)
     mcfg = mixture.cfg
@@ -297,46 +302,48 @@ def train_mixture(
     gm_epoch = max(1, round(cfg.epochs * mcfg.gm_warmup_fraction)) if mcfg.grouping == "gm" and mixture.num_supernets > 1 else None
     checkpoint = EpochCheckpoint(Path(checkpoint_path) if checkpoint_path is not None else None,
                                  {"train_config": cfg.to_json(), "mixture_config": mcfg.to_json()}, "mixture")
-    history = TrainHistory()
-    start_epoch, history.epochs = checkpoint.restore(mixture, optimizers, resume)
-    bar = tqdm(range(start_epoch, cfg.epochs), desc=f"mixture M={mixture.num_supernets}", unit="epoch",
-               disable=not progress, initial=start_epoch, total=cfg.epochs, leave=False)
-    for epoch in bar:
-        if gm_epoch is not None and epoch == gm_epoch and int(mixture.fixed_group[0]) < 0:
+
+    def run_epoch(epoch: Epoch) -> dict[str, Any]:
+        e = epoch.index
+        if gm_epoch is not None and e == gm_epoch and int(mixture.fixed_group[0]) < 0:
             _split_by_gradients(mixture, train_batches, cfg)
-            for opt, source in zip(optimizers[1:], mixture.supernets[1:]):
+            for opt in optimizers[1:]:
                 opt.load_state_dict(optimizers[0].state_dict())
-        warmup = gm_epoch is not None and epoch < gm_epoch
-        kl = mixture.rebalance(temperature_at(epoch, cfg.epochs, mcfg.t_max)) if mcfg.grouping == "bms" else 0.0
-        path_rng, member_rng = epoch_rng(cfg.seed, epoch), epoch_rng(cfg.seed, epoch, stream=1)
-        val_iter = _cycle(val_batches, mcfg.score_batch_size or cfg.batch_size, cfg.seed, epoch)
+        warmup = gm_epoch is not None and e < gm_epoch
+        kl = mixture.rebalance(temperature_at(e, cfg.epochs, mcfg.t_max)) if mcfg.grouping == "bms" else 0.0
+        path_rng, member_rng = epoch.rng(), epoch.rng(stream=1)
+        val_iter = _cycle(val_batches, mcfg.score_batch_size or cfg.batch_size, cfg.seed, e)
         assignment = mixture.assignment()
         loss_sum, seen, counts = 0.0, 0, np.zeros(mixture.num_supernets, dtype=int)
-        for i, (x, y) in enumerate(train_batches.iterate(cfg.batch_size, epoch_generator(cfg.seed, epoch), drop_last=True)):
+        for i, (x, y) in enumerate(train_batches.iterate(cfg.batch_size, epoch.generator(), drop_last=True)):
             config = mixture.space.sample(path_rng)
             row = assignment[mixture.space.index(config)]
             # With one supernet (or during a GM warm-up) no draw is made, so M = 1 consumes the
             # same random numbers as the single-supernet trainer.
             member = 0 if warmup or mixture.num_supernets == 1 else int(member_rng.choices(range(len(row)), weights=row)[0])
             mixture.set_active(config, member)
-            lr = cosine_lr(cfg, epoch * steps_per_epoch + i, total_steps)
+            lr = cosine_lr(cfg, e * steps_per_epoch + i, total_steps)
             loss, _ = sgd_step(mixture.supernets[member], x, y, optimizers[member], lr, cfg.amp)
             if mcfg.grouping == "bms" and mixture.num_supernets > 1:
                 vx, vy = next(val_iter)
                 mixture.update_score(config, member, validation_accuracy(mixture.supernets[member], vx, vy, cfg.amp))
             loss_sum, seen = loss_sum + loss * len(y), seen + len(y)
             counts[member] += 1
-            if on_step is not None:
-                on_step(epoch * steps_per_epoch + i + 1)
-        record = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "temperature": float(mixture.temperature),
-                  "balance_kl": kl, "steps_per_supernet": counts.tolist()}
-        history.epochs.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", T=f"{record['temperature']:.0f}")
-        checkpoint.save(epoch + 1, mixture, optimizers, history.epochs)
+            epoch.step(loss)
+        return {"epoch": e + 1, "loss": loss_sum / max(1, seen), "temperature": float(mixture.temperature),
+                "balance_kl": kl, "steps_per_supernet": counts.tolist()}
+
+    options = FitOptions(cfg.epochs, steps_per_epoch, cfg.seed, desc=f"mixture M={mixture.num_supernets}",
+                         progress=progress, resume=resume, postfix=_postfix)
+    history = fit(run_epoch, mixture, optimizers, checkpoint, options, on_step)
     # Final balance at the last temperature: the assignment used for selection and export.
     if mcfg.grouping == "bms":
         mixture.rebalance(temperature_at(cfg.epochs - 1, cfg.epochs, mcfg.t_max))
     return history
+
+
+def _postfix(record: dict[str, Any]) -> dict[str, str]:
+    return {"loss": f"{record['loss']:.3f}", "T": f"{record['temperature']:.0f}"}
 
 
 def _split_by_gradients(mixture: MixtureOfSuperNets, batches: TensorBatches, cfg: TrainConfig) -> None:

@@ -20,7 +20,7 @@ def ray_cluster():
     pytest.importorskip("ray")
     import ray
 
-    from stitchnas.ray_cluster import init_ray
+    from stitchnas.backends.cluster import init_ray
 
     init_ray(None, num_cpus=2)
     try:
@@ -51,7 +51,7 @@ def stitch_data(stitch_data_spec):
 def tiny_vit_family(tmp_path_factory, stitch_data_spec):
     """``family(depth, epochs)``: the folder of three tiny ViT anchors (vit_digits presets at that
     depth) trained on :data:`STITCH_DATA_OPTIONS`, trained once per session and setting."""
-    from stitching.anchors_train import AnchorTrainConfig, train_anchors
+    from stitchnas.methods.anchors import AnchorTrainConfig, train_anchors
     from stitching.trainer import StitchTrainConfig
 
     folders = {}

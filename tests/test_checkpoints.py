@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from stitchnas.checkpoints import EpochCheckpoint
+from stitchnas.core.checkpoints import EpochCheckpoint
 
 
 def _model_and_optimizer(seed: int):

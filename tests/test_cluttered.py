@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stitchnas.data import DataSpec, load_data
-from stitchnas.datasets_cluttered import ClutterConfig, make_cluttered_digits
+from stitchnas.data.cluttered import ClutterConfig, make_cluttered_digits
 
 SMALL = ClutterConfig(canvas_size=24, num_clutter=2, renders_per_image=1, max_scale=2.5)
 
@@ -93,7 +93,7 @@ def test_option_errors(options: dict, message: str) -> None:
 
 
 def test_clutter_comes_only_from_other_images_of_the_same_split() -> None:
-    from stitchnas.datasets_cluttered import _render
+    from stitchnas.data.cluttered import _render
 
     # Image i is the constant (i + 1) / 256, so every inked pixel names its source image.
     images = np.repeat((np.arange(100, dtype=np.float32) + 1) / 256, 64).reshape(100, 8, 8)

@@ -1,4 +1,4 @@
-"""Data-parallel supernet training on Ray Train (stitchnas/distributed.py)."""
+"""Data-parallel supernet training on Ray Train (stitchnas/backends/ray_train.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from torch import nn
 
 from searchspace.pooling import resnet20_space
 from stitchnas.data import DataSpec, load_data
-from stitchnas.distributed import (
+from stitchnas.backends.ray_train import (
     DistributedOptions, GlobalBatchNorm2d, RayTrainTrainer, check_batch, check_cluster, convert_global_batchnorm,
 )
-from stitchnas.io import atomic_torch_save, load_checkpoint
-from stitchnas.pooling_search import PoolingSearchConfig, TrainingContext
+from stitchnas.core.io import atomic_torch_save, load_checkpoint
+from stitchnas.methods.pooling import PoolingSearchConfig, SupernetTraining
 from supernet.networks import ModelSpec, build_supernet
 from supernet.training import CHECKPOINT_VERSION, TrainConfig, train
 
@@ -24,13 +24,13 @@ TRAIN = TrainConfig(epochs=1, batch_size=16, lr=0.05, seed=0, device="cpu")  # 6
 
 
 def fresh_supernet(data) -> nn.Module:
-    torch.manual_seed(TRAIN.seed)  # what run_pooling_search does before building it
+    torch.manual_seed(TRAIN.seed)  # what PoolingMethod.build does before building it
     return build_supernet(SPACE, ModelSpec(data.in_chans, data.num_classes))
 
 
-def context(tmp_path, data, resume: bool = False) -> TrainingContext:
+def context(tmp_path, data, resume: bool = False) -> SupernetTraining:
     cfg = PoolingSearchConfig(space=SPACE, data=DATA_SPEC, train=TRAIN)
-    return TrainingContext(fresh_supernet(data), data, cfg, tmp_path / "supernet.pt", tmp_path, resume=resume)
+    return SupernetTraining(fresh_supernet(data), data, cfg, tmp_path / "supernet.pt", tmp_path, resume=resume)
 
 
 def test_global_batchnorm_is_batchnorm_without_a_process_group():
@@ -76,7 +76,7 @@ def test_two_workers_match_one_process_on_the_same_global_batch(tmp_path):
     pytest.importorskip("ray")
     import ray
 
-    from stitchnas.tune import init_ray
+    from stitchnas.backends.tune import init_ray
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     data = load_data(DATA_SPEC)

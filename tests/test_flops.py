@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from searchspace.pooling import PoolingSpace, resnet18_space, resnet20_space, resnet50_space
-from stitchnas.flops import fvcore_flops, pooling_flops, pooling_params
+from stitchnas.core.flops import fvcore_flops
+from supernet.flops import pooling_flops, pooling_params
 from supernet.networks import ModelSpec, build_model, count_params
 
 

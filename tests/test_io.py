@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stitchnas.io import (
+from stitchnas.core.io import (
     ResultsTable,
     atomic_torch_save,
     atomic_write_bytes,
@@ -200,7 +200,7 @@ def test_results_table_errors(tmp_path: Path) -> None:
 
 
 def test_read_versioned_json_checks_format_and_version(tmp_path):
-    from stitchnas.io import read_versioned_json
+    from stitchnas.core.io import read_versioned_json
 
     path = tmp_path / "thing.json"
     path.write_text(json.dumps({"format": "demo", "format_version": 2, "x": 1}))

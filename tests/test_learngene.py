@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from stitching.anchors_train import AnchorRef
+from stitching.anchors import AnchorRef
 from stitching.flops import anchor_flops, flops_table
 from stitching.learngene import (
     LearngeneDistiller, StudentSpec, build_pool, default_students, descendant_count, init_stitches_from_matrices,
@@ -22,16 +23,18 @@ from stitching.learngene_train import DistillConfig, build_distiller, distill_st
 from stitching.snnet import StitchedModel
 from stitching.trainer import StitchTrainConfig
 from stitching.vit import create_vit
+import stitchnas
 from stitchnas import load_model
 from stitchnas.cli import main
 from stitchnas.data import DataSpec, load_data
-from stitchnas.front import RESULT_COLUMNS
-from stitchnas.io import file_sha256
-from stitchnas.learngene_search import (
+from stitchnas.search.front import RESULT_COLUMNS
+from stitchnas.core.io import file_sha256
+from stitchnas.methods.learngene import (
     LEARNGENE_MANIFEST, LEARNGENE_WEIGHTS, POOL_CHECKPOINT, LearngeneDistillRunConfig, LearngenePoolConfig,
-    evaluate_pool_run, export_from_pool_run, load_pool_run, read_distill_run, run_distill, run_learngene_pool,
+    read_distill_run, run_distill,
 )
-from supernet.evaluation import accuracy
+from stitchnas.methods import method_from_run
+from stitchnas.core.evaluation import accuracy
 
 DATA = DataSpec(name="digits", input_size=8, seed=1, max_train_samples=240)  # search_train 120 -> 3 steps/epoch
 STUDENTS = (StudentSpec("tiny", 32, 2, 2), StudentSpec("base", 64, 4, 2))
@@ -67,7 +70,7 @@ def pool_config(distilled, **changes) -> LearngenePoolConfig:
 
 @pytest.fixture(scope="module")
 def pooled(distilled, tmp_path_factory):
-    return run_learngene_pool(pool_config(distilled), tmp_path_factory.mktemp("lg") / "p", progress=False)
+    return stitchnas.run_search(pool_config(distilled), tmp_path_factory.mktemp("lg") / "p", progress=False)
 
 
 # --------------------------------------------------------------------------- loss
@@ -196,7 +199,8 @@ def test_pool_results_and_front(pooled):
 
 
 def test_exports_rebuild_exactly(pooled, data):
-    *_, pool = load_pool_run(pooled.out_dir)
+    method = method_from_run(pooled.out_dir)
+    pool = method.load_trained(Path(pooled.out_dir), method.load_data())
     results = pd.read_csv(pooled.out_dir / "results.csv").set_index("candidate")
     x = data.test.tensors[0][:64]
     for folder in pooled.exports:
@@ -212,13 +216,13 @@ def test_exports_rebuild_exactly(pooled, data):
 
 
 def test_export_from_run_evaluate_and_unknown_id(pooled, tmp_path):
-    folder = export_from_pool_run(pooled.out_dir, 4, tmp_path / "m")
+    folder = stitchnas.export_from_run(pooled.out_dir, 4, tmp_path / "m")
     assert json.loads((folder / "model.json").read_text())["label"] == "tiny[0-1] -> base[0-1]"
     with pytest.raises(ValueError, match=r"stitch config id 99: unknown, expected an int in 0\.\.5"):
-        export_from_pool_run(pooled.out_dir, 99, tmp_path / "bad")
-    again = evaluate_pool_run(pooled.out_dir, progress=False)
+        stitchnas.export_from_run(pooled.out_dir, 99, tmp_path / "bad")
+    again = stitchnas.evaluate_run(pooled.out_dir, progress=False)
     assert [r["val_acc"] for r in again.rows] == [r["val_acc"] for r in pooled.rows]
-    init = evaluate_pool_run(pooled.out_dir, no_train=True, progress=False)
+    init = stitchnas.evaluate_run(pooled.out_dir, no_train=True, progress=False)
     assert len(init.rows) == NUM_DESCENDANTS and (pooled.out_dir / "evaluate" / "init" / "pareto.json").exists()
 
 
@@ -230,8 +234,8 @@ def test_interrupted_runs_resume_to_the_same_result(distilled, pooled, tmp_path)
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_learngene_pool(pool_config(distilled), out, progress=False, on_step=ctrl_c)
-    resumed = run_learngene_pool(pool_config(distilled), out, resume=True, progress=False)
+        stitchnas.run_search(pool_config(distilled), out, progress=False, on_step=ctrl_c)
+    resumed = stitchnas.run_search(pool_config(distilled), out, resume=True, progress=False)
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv").drop(columns="seconds"),
                                   pd.read_csv(pooled.out_dir / "results.csv").drop(columns="seconds"))
     for a, b in zip(resumed.exports, pooled.exports):
@@ -246,7 +250,7 @@ def test_interrupted_runs_resume_to_the_same_result(distilled, pooled, tmp_path)
     run_distill(LearngeneDistillRunConfig(*_distill_args(distilled)), tmp_path / "d", resume=True, progress=False)
     assert file_sha256(tmp_path / "d" / LEARNGENE_WEIGHTS) == file_sha256(distilled.out_dir / LEARNGENE_WEIGHTS)
     with pytest.raises(ValueError, match=r"differing: \['init'\]"):
-        run_learngene_pool(pool_config(distilled, init="least_squares"), out, resume=True, progress=False)
+        stitchnas.run_search(pool_config(distilled, init="least_squares"), out, resume=True, progress=False)
 
 
 def _distill_args(distilled):
@@ -273,7 +277,7 @@ def test_bad_inputs_raise_one_line_errors(distilled, teacher_ref):
     with pytest.raises(ValueError, match="'students': expected at least one auxiliary student"):
         DistillConfig(())
     with pytest.raises(ValueError, match=r"learngene student 'nosuch': unknown, expected one of \['tiny', 'base'\]"):
-        run_learngene_pool(pool_config(distilled, students=("nosuch",)), distilled.out_dir / "x", progress=False)
+        stitchnas.run_search(pool_config(distilled, students=("nosuch",)), distilled.out_dir / "x", progress=False)
     for err in ("width", "nope"):
         with pytest.raises(ValueError):
             pool_config(distilled, init=err)

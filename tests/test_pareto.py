@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from stitchnas.pareto import (
+from stitchnas.search.pareto import (
     ParetoResult,
     compute_pareto,
     hypervolume_2d,

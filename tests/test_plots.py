@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stitchnas.pareto import pareto_front
-from stitchnas.plots import pareto_plot_data, plot_matrix, plot_pareto
+from stitchnas.search.pareto import pareto_front
+from stitchnas.search.plots import pareto_plot_data, plot_matrix, plot_pareto
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -23,7 +23,7 @@ def png_size(path: Path) -> tuple[int, int]:
 def test_importing_plots_does_not_import_matplotlib() -> None:
     import subprocess
 
-    code = "import sys, stitchnas.plots; print('matplotlib' in sys.modules)"
+    code = "import sys, stitchnas.search.plots; print('matplotlib' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 

@@ -7,13 +7,16 @@ import pandas as pd
 import pytest
 
 from searchspace.pooling import PoolingConfig, resnet20_space
-from stitchnas.flops import pooling_flops
+from supernet.flops import pooling_flops
+import stitchnas
 from stitchnas import load_model
 from stitchnas.data import DataSpec, load_data
-from stitchnas.io import file_sha256
-from stitchnas.pareto import pareto_front
-from stitchnas.pooling_search import PoolingSearchConfig, run_pooling_search
-from supernet.evaluation import EvalConfig, accuracy
+from stitchnas.core.io import file_sha256
+from stitchnas.search.pareto import pareto_front
+from stitchnas.methods.pooling import PoolingSearchConfig
+from stitchnas.search.candidates import evaluate_in_process, score_candidates
+from stitchnas.core.evaluation import accuracy
+from supernet.evaluation import EvalConfig
 from supernet.training import TrainConfig
 
 SPACE = resnet20_space()
@@ -35,7 +38,7 @@ def small_config(**changes) -> PoolingSearchConfig:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("search") / "run"
-    return run_pooling_search(small_config(), out, progress=False)
+    return stitchnas.run_search(small_config(), out, progress=False)
 
 
 def test_search_writes_every_output_file(finished_run):
@@ -88,11 +91,11 @@ def test_interrupted_search_resumes_to_the_same_result(finished_run, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_pooling_search(small_config(), out, progress=False, on_step=ctrl_c_in_second_epoch)
+        stitchnas.run_search(small_config(), out, progress=False, on_step=ctrl_c_in_second_epoch)
     assert (out / "supernet.pt").exists() and not (out / "results.csv").exists()
     with pytest.raises(ValueError, match="pass --resume"):
-        run_pooling_search(small_config(), out, progress=False)
-    resumed = run_pooling_search(small_config(), out, resume=True, progress=False)
+        stitchnas.run_search(small_config(), out, progress=False)
+    resumed = stitchnas.run_search(small_config(), out, resume=True, progress=False)
     a = pd.read_csv(finished_run.out_dir / "results.csv")
     b = pd.read_csv(out / "results.csv")
     pd.testing.assert_series_equal(a["val_acc"], b["val_acc"])
@@ -104,22 +107,20 @@ def test_interrupted_search_resumes_to_the_same_result(finished_run, tmp_path):
 def test_resume_skips_finished_candidates(finished_run, tmp_path):
     out = tmp_path / "partial"
     evaluated = []
-    from stitchnas import pooling_search as ps
 
-    def counting_stage(ctx):
-        evaluated.extend(ctx.candidates[len(ctx.table):])
-        ps.in_process_stage(ctx)
+    def counting_backend(job):
+        evaluated.extend(job.candidates[len(job.table):])
+        evaluate_in_process(job)
 
-    def stop_after_three(ctx):
-        ps.evaluate_candidates(ctx.table, ctx.candidates[:3], ctx.space, ctx.data,
-                               lambda c: ps.evaluate_path(ctx.supernet, c, ctx.data.search_train, ctx.data.search_val, ctx.cfg.eval),
-                               progress=False)
+    def stop_after_three(job):
+        score_candidates(job.table, job.task, job.candidates[:3], job.task.evaluator().prepare(job.device),
+                         progress=False)
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_pooling_search(small_config(), out, progress=False, stage=stop_after_three)
+        stitchnas.run_search(small_config(), out, progress=False, backend=stop_after_three)
     assert len(pd.read_csv(out / "results.csv")) == 3
-    run_pooling_search(small_config(), out, resume=True, progress=False, stage=counting_stage)
+    stitchnas.run_search(small_config(), out, resume=True, progress=False, backend=counting_backend)
     assert len(evaluated) == CANDIDATES - 3
     b = pd.read_csv(out / "results.csv")
     assert len(b) == CANDIDATES and b["candidate"].is_unique
@@ -127,24 +128,21 @@ def test_resume_skips_finished_candidates(finished_run, tmp_path):
 
 def test_resume_with_other_options_is_refused(finished_run):
     with pytest.raises(ValueError, match="differing: \\['train'\\]"):
-        run_pooling_search(small_config(train=TrainConfig(epochs=3, seed=3)), finished_run.out_dir, resume=True, progress=False)
+        stitchnas.run_search(small_config(train=TrainConfig(epochs=3, seed=3)), finished_run.out_dir, resume=True, progress=False)
 
 
 def test_failed_and_nan_candidates_are_excluded_and_reported(tmp_path):
-    from stitchnas import pooling_search as ps
-
-    def flaky(ctx):
-        def score(config):
-            i = ctx.space.index(config)
-            if i == ctx.space.index(ctx.candidates[0]):
+    def flaky(job):
+        def score(index):
+            if index == job.candidates[0]:
                 raise RuntimeError("simulated out-of-memory")
-            if i == ctx.space.index(ctx.candidates[1]):
+            if index == job.candidates[1]:
                 return math.nan
-            return 50.0 + i
-        ps.evaluate_candidates(ctx.table, ctx.candidates, ctx.space, ctx.data, score, progress=False)
+            return 50.0 + index
+        score_candidates(job.table, job.task, job.candidates, score, progress=False)
 
-    outcome = run_pooling_search(small_config(train=TrainConfig(epochs=1, seed=3), export_front=False),
-                                 tmp_path / "flaky", progress=False, stage=flaky)
+    outcome = stitchnas.run_search(small_config(train=TrainConfig(epochs=1, seed=3), export_front=False),
+                                   tmp_path / "flaky", progress=False, backend=flaky)
     pareto = json.loads((outcome.out_dir / "pareto.json").read_text())
     excluded = {e["candidate"]: e for e in pareto["excluded"]}
     assert len(excluded) == 2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from stitchnas.ranking import (
+from stitchnas.studies.ranking import (
     RankingReport,
     compare,
     kendall_tau,
@@ -22,7 +22,7 @@ def test_ranking_works_without_scipy() -> None:
     # scipy is a test-only dependency: block it and use the module in a fresh interpreter.
     code = (
         "import sys; sys.modules['scipy'] = None\n"
-        "from stitchnas.ranking import compare\n"
+        "from stitchnas.studies.ranking import compare\n"
         "print(compare({'a': 1.0, 'b': 2.0}, {'a': 1.0, 'b': 3.0}).kendall_tau)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

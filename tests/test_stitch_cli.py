@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from stitching.anchors_train import create_anchor
+from stitching.anchors import create_anchor
 from stitchnas.cli import main
 
 QUICK = ["--input-size", "8", "--max-train-samples", "200", "--epochs", "1", "--no-progress", "--device", "cpu"]

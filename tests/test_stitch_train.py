@@ -5,25 +5,26 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from stitching.anchors_train import MANIFEST_FILE, AnchorTrainConfig, load_anchors, train_anchors
+from stitching.anchors import MANIFEST_FILE, load_anchors
+from stitchnas.methods.anchors import AnchorTrainConfig, train_anchors
 from stitching.flops import fvcore_flops, route_flops
 from stitching.snnet import SNNet, StitchedModel
 from stitching.trainer import StitchTrainConfig, distillation_loss, sampled_configs, train_network
+import stitchnas
 from stitchnas import load_model
 from stitchnas.data import DataSpec, load_data
-from stitchnas.front import RESULT_COLUMNS
-from stitchnas.io import file_sha256
-from stitchnas.pareto import pareto_front
-from stitchnas.stitch_search import (
-    SNNET_CHECKPOINT, StitchSearchConfig, evaluate_run, export_from_run, largest_anchor, load_run,
-    run_stitch_search,
-)
-from supernet.evaluation import accuracy
+from stitchnas.search.front import RESULT_COLUMNS
+from stitchnas.core.io import file_sha256
+from stitchnas.search.pareto import pareto_front
+from stitchnas.methods import method_from_run
+from stitchnas.methods.snnet import SNNET_CHECKPOINT, StitchSearchConfig, largest_anchor
+from stitchnas.core.evaluation import accuracy
 
 DATA = DataSpec(name="digits", input_size=8, seed=1, max_train_samples=240)  # search_train 120 -> 3 steps/epoch
 ANCHOR_TRAIN = StitchTrainConfig(epochs=2, batch_size=32, lr=3e-3, seed=1)
@@ -45,7 +46,7 @@ def anchor_dir(tiny_vit_family, stitch_data_spec):
 
 @pytest.fixture(scope="module")
 def refs(anchor_dir):
-    from stitching.anchors_train import read_anchor_folder
+    from stitching.anchors import read_anchor_folder
 
     return read_anchor_folder(anchor_dir)
 
@@ -54,9 +55,15 @@ def search_config(refs, **changes) -> StitchSearchConfig:
     return StitchSearchConfig(**{**dict(anchors=tuple(refs), data=DATA, train=TRAIN, init_samples=40), **changes})
 
 
+def trained_snnet(run) -> SNNet:
+    """The run's SN-Net with the weights of its last checkpoint."""
+    method = method_from_run(run)
+    return method.load_trained(Path(run), method.load_data())
+
+
 @pytest.fixture(scope="module")
 def finished(refs, tmp_path_factory):
-    return run_stitch_search(search_config(refs), tmp_path_factory.mktemp("stitch") / "run", progress=False)
+    return stitchnas.run_search(search_config(refs), tmp_path_factory.mktemp("stitch") / "run", progress=False)
 
 
 # --------------------------------------------------------------------------- anchors
@@ -111,7 +118,7 @@ def test_results_cover_every_configuration(finished, refs):
 
 
 def test_flops_are_analytic_and_match_fvcore(finished):
-    _, _, snnet, _ = load_run(finished.out_dir)
+    snnet = trained_snnet(finished.out_dir)
     results = pd.read_csv(finished.out_dir / "results.csv").set_index("candidate")
     configs = [c for c in snnet.space]
     for config in (configs[0], configs[2], configs[5], configs[-1]):  # anchors, k>j and k<=j stitches
@@ -124,7 +131,7 @@ def test_flops_are_analytic_and_match_fvcore(finished):
 
 # --------------------------------------------------------------------------- export
 def test_exported_models_give_the_snnet_logits(finished, data):
-    _, _, snnet, _ = load_run(finished.out_dir)
+    snnet = trained_snnet(finished.out_dir)
     x = data.test.tensors[0][:64]
     for folder in finished.exports:
         model, record = load_model(folder, return_record=True)
@@ -150,11 +157,11 @@ def test_load_model_reproduces_recorded_accuracy(finished, data):
 
 
 def test_export_from_run_and_unknown_id(finished, tmp_path):
-    folder = export_from_run(finished.out_dir, 9, tmp_path / "m")
+    folder = stitchnas.export_from_run(finished.out_dir, 9, tmp_path / "m")
     record = json.loads((folder / "model.json").read_text())
     assert record["config"]["id"] == 9 and record["label"] == "vit_digits_tiny[0-2] -> vit_digits_small[2-2]"
     with pytest.raises(ValueError, match=rf"stitch config id 99: unknown, expected an int in 0\.\.{NUM_CONFIGS - 1}"):
-        export_from_run(finished.out_dir, 99, tmp_path / "bad")
+        stitchnas.export_from_run(finished.out_dir, 99, tmp_path / "bad")
 
 
 # --------------------------------------------------------------------------- resume and evaluation
@@ -166,10 +173,10 @@ def test_interrupted_run_resumes_to_the_same_result(finished, refs, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_stitch_search(search_config(refs), out, progress=False, on_step=ctrl_c_in_second_epoch)
+        stitchnas.run_search(search_config(refs), out, progress=False, on_step=ctrl_c_in_second_epoch)
     assert torch.load(out / SNNET_CHECKPOINT, weights_only=True)["epoch"] == 1
     assert not (out / "results.csv").exists()
-    resumed = run_stitch_search(search_config(refs), out, resume=True, progress=False)
+    resumed = stitchnas.run_search(search_config(refs), out, resume=True, progress=False)
     a = pd.read_csv(finished.out_dir / "results.csv")
     b = pd.read_csv(out / "results.csv")
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
@@ -178,17 +185,17 @@ def test_interrupted_run_resumes_to_the_same_result(finished, refs, tmp_path):
     for x, y in zip(resumed.exports, finished.exports):
         assert file_sha256(x / "model.pt") == file_sha256(y / "model.pt")
     with pytest.raises(ValueError, match=r"differing: \['train'\]"):
-        run_stitch_search(search_config(refs, train=StitchTrainConfig(epochs=3, seed=1)), out, resume=True,
-                          progress=False)
+        stitchnas.run_search(search_config(refs, train=StitchTrainConfig(epochs=3, seed=1)), out, resume=True,
+                             progress=False)
 
 
 def test_evaluate_checkpoint_and_least_squares_init(finished, refs, anchor_dir, tmp_path):
-    again = evaluate_run(finished.out_dir, progress=False)
+    again = stitchnas.evaluate_run(finished.out_dir, progress=False)
     assert [r["val_acc"] for r in again.rows] == [r["val_acc"] for r in finished.rows]
     assert (finished.out_dir / "evaluate" / "checkpoint" / "pareto.json").exists()
-    init = evaluate_run(finished.out_dir, no_train=True, progress=False)
-    untrained = run_stitch_search(search_config(refs, train=StitchTrainConfig(epochs=0, seed=1), export_front=False),
-                                  tmp_path / "epochs0", progress=False)
+    init = stitchnas.evaluate_run(finished.out_dir, no_train=True, progress=False)
+    untrained = stitchnas.run_search(search_config(refs, train=StitchTrainConfig(epochs=0, seed=1),
+                                                   export_front=False), tmp_path / "epochs0", progress=False)
     assert [r["val_acc"] for r in init.rows] == [r["val_acc"] for r in untrained.rows]
     assert [r["val_acc"] for r in init.rows] != [r["val_acc"] for r in finished.rows]
     # right after the least-squares init, anchors are untouched: they score as trained standalone
@@ -206,7 +213,7 @@ def test_mismatched_run_checkpoint_names_the_key(finished, tmp_path):
     torch.save(state, run / SNNET_CHECKPOINT)
     with pytest.raises(ValueError, match=r"checkpoint .*snnet.pt: key 'stitch_layers.0_1_0.transform.weight' "
                                          r"has shape \(48, 31\), model expects \(48, 32\)"):
-        evaluate_run(run, progress=False)
+        stitchnas.evaluate_run(run, progress=False)
 
 
 # --------------------------------------------------------------------------- the training loop

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,23 +16,24 @@ from torch import nn
 
 from searchspace.samplers import FlopsGroupedSampler, UniformSampler
 from searchspace.stitch_v2 import StitchSpaceV2
-from stitching.anchors_train import read_anchor_folder
+from stitching.anchors import read_anchor_folder
 from stitching.flops import route_flops
 from stitching.layers import StitchingLayer
 from stitching.lowrank import LowRankStitchingLayer
 from stitching.snnet import StitchedModel
 from stitching.trainer import SamplingConfig, StitchTrainConfig, sampled_configs, train_network
 from stitching.vit import create_vit
+import stitchnas
 from stitchnas import load_model
 from stitchnas.cli import main
 from stitchnas.data import DataSpec, load_data
-from stitchnas.front import RESULT_COLUMNS
-from stitchnas.io import file_sha256
-from stitchnas.stitch_search import (
-    SNNET_CHECKPOINT, StitchSearchConfig, export_from_run, initialised_snnet, load_run, route_text,
-    run_stitch_search, training_sampler,
+from stitchnas.search.front import RESULT_COLUMNS
+from stitchnas.core.io import file_sha256
+from stitchnas.methods import method_from_run
+from stitchnas.methods.snnet import (
+    SNNET_CHECKPOINT, StitchSearchConfig, initialised_snnet, route_text, training_sampler,
 )
-from supernet.evaluation import accuracy
+from stitchnas.core.evaluation import accuracy
 
 DATA = DataSpec(name="digits", input_size=8, seed=1, max_train_samples=240)  # search_train 120 -> 3 steps/epoch
 ANCHOR_TRAIN = StitchTrainConfig(epochs=3, batch_size=32, lr=3e-3, seed=1)
@@ -63,9 +65,15 @@ def v2_config(refs, **changes) -> StitchSearchConfig:
                                         version="v2"), **changes})
 
 
+def trained_snnet(run):
+    """The run's SN-Net with the weights of its last checkpoint."""
+    method = method_from_run(run)
+    return method.load_trained(Path(run), method.load_data())
+
+
 @pytest.fixture(scope="module")
 def finished(refs, tmp_path_factory):
-    return run_stitch_search(v2_config(refs), tmp_path_factory.mktemp("stitch_v2") / "run", progress=False)
+    return stitchnas.run_search(v2_config(refs), tmp_path_factory.mktemp("stitch_v2") / "run", progress=False)
 
 
 # --------------------------------------------------------------------------- run files
@@ -87,7 +95,7 @@ def test_v2_run_writes_the_sn_net_files(finished, refs):
     pareto = json.loads((out / "pareto.json").read_text())
     assert pareto["num_candidates"] == NUM_CONFIGS and pareto["hypervolume"] > 0
     assert len(finished.exports) == len(pareto["front"]) >= 1
-    _, _, snnet, _ = load_run(out)
+    snnet = trained_snnet(out)
     assert isinstance(snnet.space, StitchSpaceV2) and len(snnet.space) == NUM_CONFIGS
     assert all(isinstance(m, LowRankStitchingLayer) and m.rank == 4 for m in snnet.stitch_layers.values())
     # the params column is the exported (merged, plain) model's size
@@ -112,9 +120,9 @@ def test_least_squares_init_fits_the_two_segment_positions(refs, data):
 
 # --------------------------------------------------------------------------- exports
 def test_export_of_a_three_segment_route_reproduces_the_snnet(finished, data, tmp_path):
-    _, _, snnet, _ = load_run(finished.out_dir)
+    snnet = trained_snnet(finished.out_dir)
     fsf = snnet.space.config(snnet.space.ids("fsf")[-1])  # tiny[0-1] -> base[2-2] -> tiny[3-3]
-    folder = export_from_run(finished.out_dir, route_text(fsf.route), tmp_path / "fsf")
+    folder = stitchnas.export_from_run(finished.out_dir, route_text(fsf.route), tmp_path / "fsf")
     model, record = load_model(folder, return_record=True)
     assert record["config"]["id"] == fsf.id == 13 and record["label"] == snnet.space.describe(fsf)
     assert record["provenance"]["source"] == "snnetv2" and record["space"]["kind"] == "stitch_v2"
@@ -144,7 +152,7 @@ def test_front_exports_reproduce_their_recorded_accuracy(finished, data):
 def test_low_rank_layers_train_only_a_b_and_bias(finished, refs, data):
     init = initialised_snnet(v2_config(refs), data).state_dict()
     final = torch.load(finished.out_dir / SNNET_CHECKPOINT, weights_only=True)["model"]
-    _, _, snnet, _ = load_run(finished.out_dir)
+    snnet = trained_snnet(finished.out_dir)
     drawn = [i for epoch in finished.history.epochs for i in epoch["configs"]]
     used = {f"{a}_{b}_{w}" for i in drawn for a, b, _, _, w in snnet.space.config(i).junctions()}
     assert used and len(drawn) == 2 * STEPS_PER_EPOCH
@@ -174,7 +182,7 @@ class _Stub(nn.Module):
 
 
 def test_ros_sampling_in_the_trainer_follows_its_probabilities(finished, refs):
-    _, _, snnet, _ = load_run(finished.out_dir)
+    snnet = trained_snnet(finished.out_dir)
     sampler = training_sampler(v2_config(refs), snnet)
     assert isinstance(sampler, FlopsGroupedSampler)
     assert [len(g) for g in sampler.groups()] == [1, 4, 4, 4, 1]  # by number of tiny blocks: 4, 3, 2, 1, 0
@@ -231,9 +239,9 @@ def test_interrupted_v2_run_resumes_to_the_same_result(finished, refs, tmp_path)
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_stitch_search(v2_config(refs), out, progress=False, on_step=ctrl_c_in_second_epoch)
+        stitchnas.run_search(v2_config(refs), out, progress=False, on_step=ctrl_c_in_second_epoch)
     assert torch.load(out / SNNET_CHECKPOINT, weights_only=True)["epoch"] == 1
-    resumed = run_stitch_search(v2_config(refs), out, resume=True, progress=False)
+    resumed = stitchnas.run_search(v2_config(refs), out, resume=True, progress=False)
     a = pd.read_csv(finished.out_dir / "results.csv")
     b = pd.read_csv(out / "results.csv")
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
@@ -242,7 +250,7 @@ def test_interrupted_v2_run_resumes_to_the_same_result(finished, refs, tmp_path)
     for x, y in zip(resumed.exports, finished.exports):
         assert file_sha256(x / "model.pt") == file_sha256(y / "model.pt")
     with pytest.raises(ValueError, match=r"differing: \['sampling'\]"):
-        run_stitch_search(v2_config(refs, sampling=SamplingConfig("uniform")), out, resume=True, progress=False)
+        stitchnas.run_search(v2_config(refs, sampling=SamplingConfig("uniform")), out, resume=True, progress=False)
 
 
 # --------------------------------------------------------------------------- command line

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from searchspace.pooling import resnet20_space, resnet50_space
-from supernet.evaluation import EvalConfig, batch_statistics, recalibrate_batchnorm
+from stitchnas.core.evaluation import batch_statistics
+from supernet.evaluation import EvalConfig, recalibrate_batchnorm
 from supernet.networks import ModelSpec, build_model, build_supernet, count_params
 from supernet.training import TrainConfig, cosine_lr, sgd_step, build_optimizer
 

@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+import stitchnas
 from searchspace.pooling import PoolingSpace
 from stitchnas.data import DataSpec
-from stitchnas.pooling_search import PoolingSearchConfig, run_pooling_search
-from stitchnas.ranking_report import rank_run
-from stitchnas.truth import TruthConfig, load_truth, run_ground_truth, seed_noise
+from stitchnas.methods.pooling import PoolingSearchConfig
+from stitchnas.studies.report import rank_run
+from stitchnas.studies.truth import TruthConfig, load_truth, run_ground_truth, seed_noise
 from supernet.bms import MixtureConfig
 from supernet.evaluation import EvalConfig
 from supernet.training import TrainConfig
@@ -59,7 +60,7 @@ def test_ground_truth_resume_loses_and_repeats_nothing(truth_dir, tmp_path):
 
 
 def test_interrupted_ground_truth_keeps_finished_rows(tmp_path, monkeypatch):
-    from stitchnas import truth as truth_module
+    from stitchnas.studies import truth as truth_module
 
     out = tmp_path / "interrupted"
     calls = {"n": 0}
@@ -96,7 +97,7 @@ def test_truth_for_another_space_or_incomplete_is_refused(truth_dir, tmp_path):
 def bms_run(tmp_path_factory):
     cfg = PoolingSearchConfig(space=SPACE, data=DATA, train=TrainConfig(epochs=2, batch_size=32, lr=0.05),
                               eval=EvalConfig(calib_batches=2), mixture=MixtureConfig(num_supernets=2, t_max=20.0))
-    return run_pooling_search(cfg, tmp_path_factory.mktemp("bms") / "run", progress=False)
+    return stitchnas.run_search(cfg, tmp_path_factory.mktemp("bms") / "run", progress=False)
 
 
 def test_bms_search_writes_assignment_and_all_pairs(bms_run):

@@ -1,4 +1,4 @@
-"""Ray Tune evaluation stage and search algorithms (stitchnas/tune.py).
+"""Ray Tune evaluation backend and search algorithms (stitchnas/backends/tune.py).
 
 Tests marked ``ray`` share one local Ray (2 CPUs, 127.0.0.1) started by a module fixture; the
 job-submission test starts its own head node with ``ray start --head --block`` and stops it by
@@ -7,6 +7,7 @@ terminating that process (``ray stop --force`` would kill every Ray on the machi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,20 +24,22 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import stitchnas
 from searchspace.pooling import PoolingConfig, resnet20_space
 from stitchnas.cli import main as cli_main
 from stitchnas.data import DataSpec
-from stitchnas.io import ResultsTable, read_json
-from stitchnas.front import RESULT_COLUMNS
-from stitchnas.pooling_search import (
-    PoolingSearchConfig, PoolingTask, decode_positions, encode_positions, in_process_stage, run_pooling_search,
-    select_candidates, space_reference,
+from stitchnas.core.io import ResultsTable, read_json
+from stitchnas.search.front import RESULT_COLUMNS
+from stitchnas.methods.pooling import (
+    PoolingSearchConfig, PoolingTask, decode_positions, encode_positions, select_candidates,
 )
-from stitchnas.tune import (
+from stitchnas.search.candidates import evaluate_in_process
+from stitchnas.backends.tune import (
     FailureHooks, Ledger, RayTuneStage, TuneOptions, check_resources, cluster_nodes, init_ray, make_sampler,
     ray_session,
 )
 from supernet.evaluation import EvalConfig
+from supernet.flops import pooling_flops
 from supernet.training import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,8 +144,8 @@ def test_ray_and_in_process_give_identical_results(ray_cluster, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the 1-CPU trials: parallel reductions may round differently
     try:
-        local = run_pooling_search(cfg, tmp_path / "local", progress=False, stage=in_process_stage)
-        remote = run_pooling_search(cfg, tmp_path / "ray", progress=False, stage=stage)
+        local = stitchnas.run_search(cfg, tmp_path / "local", progress=False, backend=evaluate_in_process)
+        remote = stitchnas.run_search(cfg, tmp_path / "ray", progress=False, backend=stage.evaluate)
     finally:
         torch.set_num_threads(threads)
     a, b = rows_by_candidate(local.out_dir), rows_by_candidate(remote.out_dir)
@@ -163,9 +166,9 @@ def test_ray_and_in_process_give_identical_results(ray_cluster, tmp_path):
 
 @pytest.mark.ray
 def test_nsga2_front_is_valid_and_respects_the_budget(ray_cluster, tmp_path):
-    cfg = tiny_config()
+    cfg = dataclasses.replace(tiny_config(), hv_reference="space")
     stage = RayTuneStage(TuneOptions(search="nsga2", budget=10, population_size=4, seed=3))
-    outcome = run_pooling_search(cfg, tmp_path / "nsga2", progress=False, stage=stage, hv_reference="space")
+    outcome = stitchnas.run_search(cfg, tmp_path / "nsga2", progress=False, backend=stage.evaluate)
     rows = rows_by_candidate(outcome.out_dir)
     assert len(rows) == 10 and all(r["status"] == "ok" for r in rows.values())
     summary = read_json(outcome.out_dir / "tune_summary.json", "summary")
@@ -177,7 +180,7 @@ def test_nsga2_front_is_valid_and_respects_the_budget(ray_cluster, tmp_path):
 
     front = {int(r["candidate"]) for r in outcome.summary.front}
     assert front == {i for i, r in rows.items() if not dominated((r["flops"], r["val_acc"]))}
-    ref = space_reference(cfg.space, 8, 1, 10)
+    ref = (1.1 * max(pooling_flops(cfg.space, c, 8, 1, 10) for c in cfg.space), 0.0)  # 1.1 x the space's largest
     assert outcome.summary.reference == ref
     assert read_json(outcome.out_dir / "pareto.json", "front")["hypervolume_reference"] == list(ref)
     assert 0 < outcome.summary.hypervolume < ref[0] * 100
@@ -192,7 +195,7 @@ def test_failing_candidate_is_recorded_and_the_search_completes(ray_cluster, tmp
     bad, flaky = candidates[1], candidates[4]
     stage = RayTuneStage(TuneOptions(search="exhaustive", candidates_per_trial=3, max_failures=1,
                                      hooks=FailureHooks(fail_candidates=(bad,), flaky_candidates=(flaky,))))
-    outcome = run_pooling_search(cfg, tmp_path / "fail", progress=False, stage=stage)
+    outcome = stitchnas.run_search(cfg, tmp_path / "fail", progress=False, backend=stage.evaluate)
     rows = rows_by_candidate(outcome.out_dir)
     assert sorted(rows) == sorted(candidates)
     assert rows[bad]["status"] == "failed" and math.isnan(rows[bad]["val_acc"])
@@ -206,12 +209,13 @@ def test_failing_candidate_is_recorded_and_the_search_completes(ray_cluster, tmp
 
 KILLED_RUN = """
 import json, sys
-from stitchnas.pooling_search import PoolingSearchConfig, run_pooling_search
-from stitchnas.tune import FailureHooks, RayTuneStage, TuneOptions
+import stitchnas
+from stitchnas.methods.pooling import PoolingSearchConfig
+from stitchnas.backends.tune import FailureHooks, RayTuneStage, TuneOptions
 cfg = PoolingSearchConfig.from_json(json.load(open(sys.argv[1])))
 stage = RayTuneStage(TuneOptions(search="exhaustive", candidates_per_trial=1, address=sys.argv[3],
                                  hooks=FailureHooks(delay_s=1.0)))
-run_pooling_search(cfg, sys.argv[2], progress=False, stage=stage)
+stitchnas.run_search(cfg, sys.argv[2], progress=False, backend=stage.evaluate)
 """
 
 
@@ -234,8 +238,8 @@ def test_resume_after_a_killed_run_does_not_repeat_finished_candidates(ray_clust
         proc.wait()
     before = rows_by_candidate(out)
     assert 2 <= len(before) < 8
-    outcome = run_pooling_search(cfg, out, resume=True, progress=False,
-                                 stage=RayTuneStage(TuneOptions(search="exhaustive", candidates_per_trial=1)))
+    outcome = stitchnas.run_search(cfg, out, resume=True, progress=False,
+                                   backend=RayTuneStage(TuneOptions(search="exhaustive", candidates_per_trial=1)).evaluate)
     after = rows_by_candidate(out)
     assert len(after) == 8 and all(r["status"] == "ok" for r in after.values())
     for index, row in before.items():

@@ -1,5 +1,5 @@
 """The stitching searches (SN-Net, SN-Netv2, Learngene Pool) through the evaluation backends
-of :mod:`stitchnas.candidates`: in process and Ray Tune give identical rows, Optuna searches
+of :mod:`stitchnas.search.candidates`: in process and Ray Tune give identical rows, Optuna searches
 stitches within their budget, and the tasks' encodings and subsets are what they claim.
 
 Tiny models: depth-4 ViT anchors (3 epochs) on 8x8 digits, 240 training images."""
@@ -11,21 +11,20 @@ import math
 import pytest
 import torch
 
-from stitching.anchors_train import AnchorRef, read_anchor_folder
+import stitchnas
+from stitching.anchors import AnchorRef, read_anchor_folder
 from stitching.learngene import StudentSpec
 from stitching.learngene_train import DistillConfig
 from stitching.trainer import StitchTrainConfig
 from stitching.vit import create_vit
-from stitchnas.candidates import CandidateJob, CandidateTask, LookupEvaluator, evaluate_in_process
+from stitchnas.search.candidates import CandidateJob, CandidateTask, LookupEvaluator, evaluate_in_process
 from stitchnas.cli import main
 from stitchnas.data import DataSpec
-from stitchnas.front import RESULT_COLUMNS
-from stitchnas.io import ResultsTable, file_sha256, read_json
-from stitchnas.learngene_search import (
-    LearngeneDistillRunConfig, LearngenePoolConfig, evaluate_pool_run, run_distill, run_learngene_pool,
-)
-from stitchnas.stitch_search import StitchSearchConfig, StitchTask, evaluate_run, initialised_snnet, run_stitch_search
-from stitchnas.tune import RayTuneStage, TuneOptions
+from stitchnas.search.front import RESULT_COLUMNS
+from stitchnas.core.io import ResultsTable, file_sha256, read_json
+from stitchnas.methods.learngene import LearngeneDistillRunConfig, LearngenePoolConfig, run_distill
+from stitchnas.methods.snnet import StitchSearchConfig, StitchTask, initialised_snnet
+from stitchnas.backends.tune import RayTuneStage, TuneOptions
 
 DATA = DataSpec(name="digits", input_size=8, seed=1, max_train_samples=240)
 TRAIN = StitchTrainConfig(epochs=1, batch_size=32, lr=1e-3, seed=1)
@@ -44,7 +43,7 @@ def snnet_run(anchor_dir, tmp_path_factory):
     """An SN-Net run evaluated in process (3 depth-4 anchors: 3 + 2 x 10 = 23 configurations)."""
     cfg = StitchSearchConfig(anchors=tuple(read_anchor_folder(anchor_dir)), data=DATA, train=TRAIN, init_samples=40,
                              export_front=False)
-    return run_stitch_search(cfg, tmp_path_factory.mktemp("tune_snnet") / "run", progress=False)
+    return stitchnas.run_search(cfg, tmp_path_factory.mktemp("tune_snnet") / "run", progress=False)
 
 
 def accuracies(folder) -> dict[int, float]:
@@ -132,7 +131,7 @@ def test_cli_rejects_searches_the_in_process_backend_cannot_run(capsys, snnet_ru
     assert main(["stitch", "evaluate", "--run", str(snnet_run.out_dir), "--backend", "ray", "--budget", "0"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors == [
-        "stitchnas: error: --search random: stitching evaluates every configuration in process; "
+        "stitchnas: error: --search random: this command evaluates every configuration in process; "
         "use --backend ray for random, nsga2 or tpe",
         "stitchnas: error: --search tpe: needs --backend ray (Optuna's samplers run through Ray Tune)",
         "stitchnas: error: --budget: expected a number of evaluations >= 1, got 0",
@@ -159,7 +158,8 @@ def test_ray_job_entry_point_sends_every_evaluating_command_to_the_jobs_cluster(
 @pytest.mark.ray
 def test_snnet_on_ray_tune_gives_the_in_process_rows(ray_cluster, snnet_run, tmp_path):
     stage = RayTuneStage(TuneOptions(search="exhaustive", candidates_per_trial=4))
-    outcome = evaluate_run(snnet_run.out_dir, out_dir=tmp_path / "ray", progress=False, stage=stage.evaluate)
+    outcome = stitchnas.evaluate_run(snnet_run.out_dir, out_dir=tmp_path / "ray", progress=False,
+                                     backend=stage.evaluate)
     local, remote = accuracies(snnet_run.out_dir), accuracies(tmp_path / "ray")
     assert len(remote) == 23 and remote == local  # bit-identical accuracies, every configuration once
     assert [r["candidate"] for r in outcome.summary.front] == [r["candidate"] for r in snnet_run.summary.front]
@@ -201,9 +201,9 @@ def test_learngene_pool_random_subset_on_ray_matches_in_process(ray_cluster, tmp
     distilled = run_distill(LearngeneDistillRunConfig(ref, distill, DATA), tmp_path / "d", progress=False)
     pool_cfg = LearngenePoolConfig(distill_run=str(distilled.out_dir), finetune=TRAIN, init_samples=40,
                                    export_front=False)
-    local = run_learngene_pool(pool_cfg, tmp_path / "p", progress=False)
+    local = stitchnas.run_search(pool_cfg, tmp_path / "p", progress=False)
     stage = RayTuneStage(TuneOptions(search="random", budget=4, candidates_per_trial=2, seed=5))
-    remote = evaluate_pool_run(local.out_dir, out_dir=tmp_path / "ray", progress=False, stage=stage.evaluate)
+    remote = stitchnas.evaluate_run(local.out_dir, out_dir=tmp_path / "ray", progress=False, backend=stage.evaluate)
     got, want = accuracies(remote.out_dir), accuracies(local.out_dir)
     assert len(want) == 6 and len(got) == 4
     assert all(got[i] == want[i] for i in got)  # the same numbers for the sampled descendants

@@ -1,0 +1,149 @@
+"""Anchors on disk: presets by name, references to weight files, and the ``anchors.json``
+manifest that ``stitchnas anchors train`` writes (:mod:`stitchnas.methods.anchors`)::
+
+    {"format": "stitchnas.anchors", "format_version": 1, "family": "vit_digits",
+     "data": {...DataSpec...}, "train": {...}, "overrides": {...},
+     "anchors": [{"name": "vit_digits_tiny", "preset": "vit_digits_tiny",
+                  "config": {...constructor arguments, with "family"...},
+                  "file": "vit_digits_tiny.pth", "sha256": "...", "val_acc": 91.2,
+                  "test_acc": 90.8, "flops": 1234567, "params": 23456}, ...]}
+
+The manifest is :class:`stitchnas.core.records.AnchorManifest`, decoded strictly. A hand-written
+manifest works too (only ``format``, ``format_version`` and each anchor's ``name``, ``config``
+and ``file`` are required), and local timm checkpoints can be given as ``preset=path`` pairs
+instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from torch import nn
+
+from stitching.cnn import RESNET_PRESETS, create_resnet
+from stitching.flops import anchor_flops
+from stitching.snnet import build_anchor
+from stitching.vit import VIT_PRESETS, create_vit, load_checkpoint
+from stitchnas.core.io import file_sha256, read_versioned_json
+from stitchnas.core.records import ANCHORS_FORMAT, ANCHORS_FORMAT_VERSION, AnchorManifest, from_json
+
+MANIFEST_FILE = "anchors.json"
+MANIFEST_FORMAT = ANCHORS_FORMAT
+MANIFEST_VERSION = ANCHORS_FORMAT_VERSION
+
+
+def create_anchor(preset: str, **overrides: Any) -> nn.Module:
+    """A ViT or ResNet preset by name; an unknown name lists every known one."""
+    try:
+        if preset in VIT_PRESETS:
+            return create_vit(preset, **overrides)
+        if preset in RESNET_PRESETS:
+            return create_resnet(preset, **overrides)
+    except TypeError as err:  # an override the preset's constructor does not take
+        raise ValueError(f"anchor preset {preset!r}: bad overrides {sorted(overrides)} ({err})") from None
+    known = sorted(VIT_PRESETS) + sorted(RESNET_PRESETS)
+    raise ValueError(f"anchor preset {preset!r}: unknown, expected one of {known}")
+
+
+@dataclass(frozen=True)
+class AnchorRef:
+    """An anchor on disk: its name, constructor config (with ``family``) and weights file."""
+
+    name: str
+    config: Mapping[str, Any]
+    path: str
+    sha256: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "config": dict(self.config), "path": self.path, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "AnchorRef":
+        if not isinstance(data, dict) or not {"name", "config", "path"} <= set(data):
+            raise ValueError(f"anchor reference: expected an object with name, config and path, got {data!r}")
+        return cls(str(data["name"]), dict(data["config"]), str(data["path"]), str(data.get("sha256", "")))
+
+
+# --------------------------------------------------------------------------- finding anchors
+def read_anchor_manifest(path: str | Path) -> AnchorManifest:
+    """An ``anchors.json`` file decoded strictly (any number of anchors, e.g. mid-training).
+
+    Raises:
+        ValueError: One line naming the file and the first missing, unknown or mistyped field
+            (``anchors manifest X: missing field 'anchors[1].file'``).
+    """
+    path = Path(path)
+    data = read_versioned_json(path, "anchors manifest", MANIFEST_FORMAT, MANIFEST_VERSION)
+    return from_json(AnchorManifest, data, f"anchors manifest {path}")
+
+
+def read_anchor_folder(folder: str | Path) -> list[AnchorRef]:
+    """The anchors listed in ``folder/anchors.json``, in manifest order (small -> large)."""
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE if folder.is_dir() or not folder.suffix else folder
+    if not path.exists():
+        raise ValueError(f"anchors manifest {path}: file not found (train anchors with 'stitchnas anchors train')")
+    manifest = read_anchor_manifest(path)
+    if len(manifest.anchors) < 2:
+        raise ValueError(f"anchors manifest {path}: field 'anchors': expected at least 2 anchors to stitch, "
+                         f"got {len(manifest.anchors)}")
+    refs = []
+    for entry in manifest.anchors:
+        weights = (path.parent / entry.file).resolve()
+        refs.append(AnchorRef(entry.name, dict(entry.config), str(weights), _sha_if_exists(weights)))
+    return refs
+
+
+def anchor_refs_from_files(items: Sequence[tuple[str, str]], input_size: int | None = None) -> list[AnchorRef]:
+    """Anchors given as ``(preset, checkpoint path)`` pairs (e.g. local timm DeiT files),
+    ordered small -> large by FLOPs. ``input_size`` rebuilds the presets at the data's
+    resolution (position embeddings are resized on load, as timm does)."""
+    if len(items) < 2:
+        raise ValueError(f"--anchor: expected at least 2 anchors to stitch, got {len(items)}")
+    refs, seen = [], set()
+    for preset, path in items:
+        overrides = {"img_size": input_size} if input_size is not None else {}
+        config = create_anchor(preset, **overrides).config
+        name = preset if preset not in seen else f"{preset}:{Path(path).stem}"
+        seen.add(preset)
+        refs.append(AnchorRef(name, config, str(Path(path).resolve()), _sha_if_exists(Path(path))))
+    return sorted(refs, key=lambda r: anchor_flops(dict(r.config)).total)
+
+
+def _sha_if_exists(path: Path) -> str:
+    return file_sha256(path) if path.is_file() else ""  # a missing file is reported on load
+
+
+def load_anchors(refs: Sequence[AnchorRef]) -> list[nn.Module]:
+    """Build every anchor from its config and load its weights strictly (a wrong file fails
+    with one line naming it, the first wrong key and both shapes)."""
+    anchors = []
+    for ref in refs:
+        model = build_anchor(dict(ref.config))
+        load_checkpoint(model, ref.path)
+        anchors.append(model.eval())
+    return anchors
+
+
+def check_anchor_data(anchors: Sequence[nn.Module], names: Sequence[str], data: Any) -> None:
+    """Raise ValueError unless every anchor takes the data's images and predicts its classes.
+
+    ``data`` is any object with ``name``, ``in_chans``, ``input_size`` and ``num_classes``
+    (:class:`stitchnas.data.DataSplits`)."""
+    want = (data.in_chans, data.input_size, data.num_classes)
+    for i, (anchor, name) in enumerate(zip(anchors, names)):
+        c = anchor.config
+        got = (c["in_chans"], c["img_size"], c["num_classes"])
+        if got != want:
+            raise ValueError(
+                f"anchor {i} ({name}): expects {got[0]}x{got[1]}x{got[1]} inputs and {got[2]} classes, "
+                f"data {data.name!r} has {want[0]}x{want[1]}x{want[1]} and {want[2]} (check --input-size)"
+            )
+
+
+__all__ = [
+    "AnchorRef", "MANIFEST_FILE", "MANIFEST_FORMAT", "MANIFEST_VERSION", "anchor_refs_from_files",
+    "check_anchor_data", "create_anchor", "load_anchors", "read_anchor_folder", "read_anchor_manifest",
+]

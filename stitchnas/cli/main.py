@@ -1,0 +1,49 @@
+"""The ``stitchnas`` command line.
+
+Every command validates its input up front and fails with one line naming the bad option or
+file. Ctrl-C leaves the last checkpoint in place; rerun with ``--resume`` to continue. One
+module per command family: :mod:`~stitchnas.cli.pooling`, :mod:`~stitchnas.cli.stitch`,
+:mod:`~stitchnas.cli.learngene`, :mod:`~stitchnas.cli.studies`; shared options and the
+"run with a backend and print the front" helper: :mod:`~stitchnas.cli.options`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from stitchnas.cli import learngene, pooling, stitch, studies
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stitchnas", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    pooling.add_commands(sub)
+    studies.add_commands(sub)
+    stitch.add_stitch_commands(sub)
+    learngene.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.handler(args)
+    except ValueError as err:
+        print(f"stitchnas: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        hint = f" rerun the same command with --resume to continue in {out}" if out else ""
+        print(f"stitchnas: interrupted; checkpoints and results written so far are kept;{hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Option groups and helpers every command family shares: space, data, training, evaluation,
+run folder, backend (in process, Ray Tune, Ray Train) and printing a front."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
+
+from searchspace.pooling import DOWNSAMPLE_OPS, SPACE_PRESETS, PoolingSpace, create_space
+
+if TYPE_CHECKING:
+    from stitchnas.search.candidates import EvaluationBackend
+    from stitchnas.search.pipeline import SearchResult
+
+
+def add_space_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("search space")
+    g.add_argument("--space", default="resnet20", choices=sorted(SPACE_PRESETS), help="pooling space preset")
+    g.add_argument("--downsample", default=None, choices=DOWNSAMPLE_OPS,
+                   help="downsampling op (default: the preset's; resnet20 uses a 2x2 max-pool)")
+    g.add_argument("--num-downsamples", type=int, default=None, help="k, number of downsamplings (resnet20 only)")
+    g.add_argument("--width-scale", type=float, default=None, help="multiply the preset's channel widths")
+
+
+def space_from_args(args: argparse.Namespace) -> PoolingSpace:
+    overrides = {}
+    if args.downsample is not None:
+        overrides["downsample"] = args.downsample
+    if getattr(args, "num_downsamples", None) is not None:
+        if args.space != "resnet20":
+            raise ValueError("--num-downsamples: only the resnet20 preset takes it")
+        overrides["num_downsamples"] = args.num_downsamples
+    if getattr(args, "width_scale", None) is not None:
+        if not args.width_scale > 0:
+            raise ValueError(f"--width-scale: expected > 0, got {args.width_scale}")
+        overrides["width_scale"] = args.width_scale
+    return create_space(args.space, **overrides)
+
+
+def add_data_args(p: argparse.ArgumentParser, input_size: int = 16) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="digits",
+                   help="digits (embedded default), cluttered_digits (embedded), cifar10, cifar100, npz")
+    g.add_argument("--data-dir", default=None, help="CIFAR python-pickle folder or .npz file")
+    g.add_argument("--input-size", type=int, default=input_size, help="square input side in pixels")
+    g.add_argument("--seed", type=int, default=0, help="seed for splits, initialisation and sampling")
+    g.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="data-set-specific setting, e.g. canvas_size=24 for cluttered_digits (repeatable)")
+
+
+def data_spec_from_args(args: argparse.Namespace):
+    from stitchnas.data import DataSpec
+
+    return DataSpec(name=args.dataset, data_dir=args.data_dir, input_size=args.input_size, seed=args.seed,
+                    options=parse_options(args.data_option))
+
+
+def parse_options(items: Sequence[str]) -> dict:
+    """``KEY=VALUE`` strings to a dict, values read as JSON where possible (numbers, booleans)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--data-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def add_train_args(p: argparse.ArgumentParser, epochs: int, batch_size: int = 64, lr: float = 0.1) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--batch-size", type=int, default=batch_size)
+    g.add_argument("--lr", type=float, default=lr, help="initial SGD learning rate (cosine decay)")
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+
+
+def train_config_from_args(args: argparse.Namespace):
+    from stitchnas.core.training import resolve_device
+    from supernet.training import TrainConfig
+
+    device = str(resolve_device(args.device))
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_min=min(args.lr, 1e-3),
+                       weight_decay=args.weight_decay, seed=args.seed, device=device, amp=not args.no_amp)
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--bn-mode", default="recalibrate", choices=("recalibrate", "batch"),
+                   help="BatchNorm statistics per configuration: re-estimated (default) or per batch")
+    g.add_argument("--calib-batches", type=int, default=8, help="batches used to re-estimate BatchNorm statistics")
+
+
+def eval_config_from_args(args: argparse.Namespace, device: str):
+    from supernet.evaluation import EvalConfig
+
+    return EvalConfig(bn_mode=args.bn_mode, calib_batches=args.calib_batches, device=device, seed=args.seed)
+
+
+def add_run_args(p: argparse.ArgumentParser, default_out: str) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default=default_out, help="run folder (results, checkpoints, exports)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_tune_args(p: argparse.ArgumentParser) -> None:
+    """Options of the evaluation backend every search shares (in process or Ray Tune)."""
+    g = p.add_argument_group("candidate evaluation (in process or Ray Tune)")
+    g.add_argument("--backend", default="local", choices=("local", "ray"),
+                   help="evaluate candidates in this process (local) or as Ray Tune trials (ray)")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to join: 'auto' or host:port (default: start a local Ray on 127.0.0.1)")
+    g.add_argument("--search", default="exhaustive", choices=("exhaustive", "random", "nsga2", "tpe"),
+                   help="exhaustive, random subset, or Optuna NSGA-II / TPE (those two need --backend ray)")
+    g.add_argument("--budget", type=int, default=None, help="number of evaluations (random, nsga2, tpe)")
+    g.add_argument("--candidates-per-trial", type=int, default=8,
+                   help="candidates one Tune trial evaluates (exhaustive/random; Optuna trials take one)")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per Tune trial")
+    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per Tune trial, fractional allowed")
+    g.add_argument("--max-failures", type=int, default=1, help="retries of a crashing Ray trial / worker group")
+
+
+def add_distributed_args(p: argparse.ArgumentParser) -> None:
+    add_tune_args(p)
+    g = p.add_argument_group("distributed training")
+    g.add_argument("--num-workers", type=int, default=1,
+                   help="train the supernet data-parallel on N Ray Train workers (1: in this process)")
+
+
+def add_front_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Pareto front")
+    g.add_argument("--hv-reference", default="evaluated", choices=("evaluated", "space"),
+                   help="hypervolume reference: 1.1 x the largest evaluated FLOPs, or over the whole space "
+                        "(use 'space' to compare searches on one space)")
+
+
+def add_stitch_train_args(p: argparse.ArgumentParser, epochs: int, lr: float, warmup_epochs: int,
+                          batch_size: int = 32) -> None:
+    g = p.add_argument_group("training (AdamW or SGD, warm-up then cosine decay)")
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--batch-size", type=int, default=batch_size)
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate (SN-Net: of the stitching layers)")
+    g.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--warmup-epochs", type=int, default=warmup_epochs)
+    g.add_argument("--max-train-samples", type=int, default=None,
+                   help="stratified subset of the training split (quick runs)")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+
+
+def stitch_train_config_from_args(args: argparse.Namespace, **extra):
+    from stitching.trainer import StitchTrainConfig
+    from stitchnas.core.training import resolve_device
+
+    return StitchTrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_min=min(args.lr, 1e-5),
+        optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        seed=args.seed, device=str(resolve_device(args.device)), amp=not args.no_amp, **extra,
+    )
+
+
+def stitch_data_spec_from_args(args: argparse.Namespace):
+    from dataclasses import replace
+
+    return replace(data_spec_from_args(args), max_train_samples=args.max_train_samples)
+
+
+@dataclass
+class Backend:
+    """What the command line's backend options resolve to.
+
+    Attributes:
+        evaluate: The evaluation backend (in process, or Ray Tune's ``evaluate``).
+        session: Joins the Ray cluster once, before training, and checks that it can host a
+            trial / the workers (so a too-small cluster fails the command at once).
+        trainer: Pooling only: Ray Train's data-parallel supernet trainer (``--num-workers``).
+        subset_size: A seeded random subset scored in process (``--search random`` locally).
+    """
+
+    evaluate: EvaluationBackend
+    session: ContextManager[Any]
+    trainer: Any = None
+    subset_size: int | None = None
+
+
+def backend_from_args(args: argparse.Namespace, train_device: str = "cpu", local_random: bool = False) -> Backend:
+    """The backend ``--backend/--search/--budget/--num-workers`` ask for.
+
+    ``local_random``: the method can score a seeded random subset in process (pooling), so
+    ``--search random`` works without Ray there.
+    """
+    from stitchnas.search.candidates import evaluate_in_process
+
+    if args.budget is not None and args.budget < 1:
+        raise ValueError(f"--budget: expected a number of evaluations >= 1, got {args.budget}")
+    if args.backend == "local" and args.search in ("nsga2", "tpe"):
+        raise ValueError(f"--search {args.search}: needs --backend ray (Optuna's samplers run through Ray Tune)")
+    workers = getattr(args, "num_workers", 1)
+    if workers < 1:
+        raise ValueError(f"--num-workers: expected >= 1, got {workers}")
+    if args.search == "random" and getattr(args, "candidates", None) is not None:
+        raise ValueError("--candidates: not with --search random, which takes --budget")
+    plugins: list[Any] = []
+    result = Backend(evaluate_in_process, contextlib.nullcontext())
+    if args.backend == "ray":
+        from stitchnas.backends.tune import RayTuneStage, TuneOptions
+
+        stage = RayTuneStage(TuneOptions(
+            search=args.search, budget=args.budget, candidates_per_trial=args.candidates_per_trial,
+            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
+            max_failures=args.max_failures, seed=args.seed))
+        result.evaluate = stage.evaluate
+        plugins.append(stage)
+    elif args.search == "random":
+        if not local_random:
+            raise ValueError(f"--search {args.search}: this command evaluates every configuration in process; "
+                             "use --backend ray for random, nsga2 or tpe")
+        if args.budget is None:
+            raise ValueError("--budget: --search random needs a number of evaluations")
+        result.subset_size = args.budget
+    if workers > 1:
+        from stitchnas.backends.ray_train import DistributedOptions, RayTrainTrainer
+
+        result.trainer = RayTrainTrainer(DistributedOptions(
+            num_workers=workers, use_gpu=train_device.startswith("cuda"), address=args.address,
+            max_failures=args.max_failures))
+        plugins.append(result.trainer)
+    if plugins:
+        from stitchnas.backends.cluster import ray_session
+
+        result.session = _preflighted(ray_session(args.address), plugins)
+    return result
+
+
+@contextlib.contextmanager
+def _preflighted(session: ContextManager[Any], plugins: Sequence[Any]) -> Iterator[None]:
+    with session:
+        for plugin in plugins:
+            plugin.preflight()  # cluster too small: fail now, not after training
+        yield
+
+
+def print_front(result: SearchResult, hv_reference: str | None = None) -> None:
+    """The Pareto front of a search or re-evaluation, one line per member, and where its files are."""
+    summary = result.summary
+    noun = result.method.noun if result.method is not None else "candidates"
+    print(f"Pareto front ({len(summary.front)} of {len(result.rows)} {noun}):")
+    print(f"  {'id':>5} {'MFLOPs':>9} {'val acc %':>9}  label")
+    for row in summary.front:
+        print(f"  {row['candidate']:>5} {row['flops'] / 1e6:9.3f} {row['val_acc']:9.2f}  {row['label']}")
+    ref_flops, ref_acc = summary.reference
+    option = f"; --hv-reference {hv_reference}" if hv_reference else ""
+    print(f"hypervolume: {summary.hypervolume:.6g} (reference {ref_flops / 1e6:.3f} MFLOPs, {ref_acc:g}% accuracy"
+          f"{option})")
+    extra = ", exports/" if result.exports else ""
+    print(f"outputs: {Path(result.out_dir).resolve()} (results.csv, pareto.json, pareto.png{extra})")
+
+
+def run_and_print(backend: Backend, run: Callable[[Backend], SearchResult], hv_reference: str | None = None) -> int:
+    """Run a search or re-evaluation with ``backend`` (inside its Ray session) and print its front."""
+    with backend.session:
+        result = run(backend)
+    print_front(result, hv_reference)
+    return 0

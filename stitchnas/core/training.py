@@ -1,0 +1,368 @@
+"""Device, mixed precision, per-epoch seeded randomness, in-memory batches and the epoch loop
+:func:`fit`: what every training and scoring loop of the engine shares (supernet, mixture,
+SN-Net, Learngene, Ray Train).
+
+Every random choice of epoch ``e`` is drawn from generators seeded with ``(seed, e, stream)``,
+so a run resumed from an epoch-boundary checkpoint replays exactly what an uninterrupted run does.
+:func:`fit` owns the rest of a loop's scaffolding (resume, progress bar, checkpoint after every
+epoch, ``on_step``, stopping at a non-finite loss); a trainer supplies only one epoch's body.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from stitchnas.core.checkpoints import EpochCheckpoint, Optimizers
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; an explicit 'cuda' without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available on this machine (use 'cpu' or 'auto')")
+    return device
+
+
+def autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def epoch_rng(seed: int, epoch: int, stream: int = 0) -> random.Random:
+    """The Python generator for one epoch's path sampling (independent of resume points)."""
+    return random.Random((seed * 1_000_003 + epoch) * 7 + stream)
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 7 + stream)
+
+
+class TensorBatches:
+    """Mini-batches of an in-memory ``TensorDataset`` held on the training device.
+
+    Indexing whole tensors is much cheaper than a ``DataLoader`` collating single samples.
+    """
+
+    def __init__(self, dataset: torch.utils.data.TensorDataset, device: torch.device) -> None:
+        self.x, self.y = (t.to(device) for t in dataset.tensors)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        n = len(self)
+        return n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
+
+    def iterate(
+        self, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self)
+        order = torch.randperm(n, generator=generator).to(self.x.device) if generator is not None else None
+        for b in range(self.num_batches(batch_size, drop_last)):
+            idx = slice(b * batch_size, (b + 1) * batch_size)
+            if order is None:
+                yield self.x[idx], self.y[idx]
+            else:
+                sel = order[idx]
+                yield self.x[sel], self.y[sel]
+
+
+@dataclass
+class TrainHistory:
+    """Per-epoch records of a run (``epochs[e]`` describes epoch ``e + 1``)."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+
+
+
+# ----------------------------------------------------------------------------- the SGD recipe
+TRAIN_CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training recipe (SGD + momentum, per-step cosine decay from ``lr`` to ``lr_min``):
+    standalone networks and the supernet (:func:`supernet.training.train`), the mixture and the
+    Ray Train workers.
+
+    Raises:
+        ValueError: ``epochs`` or ``batch_size`` below 1, or not ``0 <= lr_min <= lr, lr > 0``.
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.1
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = True  # bf16 autocast, used only on CUDA
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train config '{name}': expected >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.lr_min < 0 or self.lr_min > self.lr:
+            raise ValueError(f"train config 'lr'/'lr_min': expected 0 <= lr_min <= lr, lr > 0, got {self.lr}/{self.lr_min}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cosine_lr(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of (0-based) ``step`` of ``total_steps``: cosine from ``cfg.lr`` to ``cfg.lr_min``."""
+    progress = min(1.0, step / max(1, total_steps))
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(params, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with ``cfg``'s momentum and weight decay over ``params`` (parameters or groups)."""
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def sgd_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    lr: float,
+    amp: bool = False,
+) -> tuple[float, int]:
+    """One optimisation step on images ``x`` (N, C, H, W) and labels ``y`` (N,) with cross-entropy.
+
+    Every group's learning rate is set to ``lr * group.get("lr_scale", 1)`` first.
+
+    Returns:
+        The batch's mean loss and the number of correct predictions.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    model.train()
+    with autocast(x.device, amp):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), int((logits.argmax(1) == y).sum())
+
+
+def train_checkpoint(path: str | Path | None, cfg: TrainConfig, what: str = "supernet") -> EpochCheckpoint:
+    """The checkpoint format of :func:`supernet.training.train` (also what Ray Train's workers write)."""
+    return EpochCheckpoint(Path(path) if path is not None else None,
+                           {"version": TRAIN_CHECKPOINT_VERSION, "train_config": cfg.to_json()}, what)
+
+
+# ----------------------------------------------------------------------------- the epoch loop
+class TrainingDiverged(FloatingPointError):
+    """A training step's loss, or a weight at an epoch's end, was not finite.
+
+    The message is one line naming the epoch (1-based), the global step (1-based, as
+    ``on_step`` counts) and the value, and where the last finite checkpoint is kept.
+
+    Attributes:
+        epoch: The epoch (1-based) that diverged.
+        step: The global step (1-based) whose loss was not finite, or the last step of
+            ``epoch`` when a weight was.
+        value: The non-finite loss (NaN or +-inf); NaN for a non-finite weight.
+        checkpoint_epoch: The epoch of the checkpoint left on disk (None: none was written).
+    """
+
+    def __init__(self, message: str, epoch: int, step: int, value: float, checkpoint_epoch: int | None) -> None:
+        super().__init__(message)
+        self.epoch, self.step, self.value, self.checkpoint_epoch = epoch, step, value, checkpoint_epoch
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled whole (e.g. from a Ray worker to the driver), not from ``args`` alone
+        return type(self), (str(self), self.epoch, self.step, self.value, self.checkpoint_epoch)
+
+
+class EpochStore(Protocol):
+    """Where :func:`fit` restores from and writes its epoch-boundary state.
+
+    :class:`~stitchnas.core.checkpoints.EpochCheckpoint` is one; a backend whose workers report
+    their state elsewhere (Ray Train) supplies its own.
+    """
+
+    @property
+    def path(self) -> Path | None:
+        """The file the state is kept in (None: kept nowhere this process can name)."""
+
+    def restore(self, model: nn.Module, optimizers: Optimizers, resume: bool) -> tuple[int, list[dict[str, Any]]]:
+        """Load the saved state when resuming; returns (epochs done, their history), else (0, [])."""
+
+    def save(self, epoch: int, model: nn.Module, optimizers: Optimizers, history: list[dict[str, Any]]) -> None:
+        """Keep the state after ``epoch`` epochs (atomically: a crash leaves the previous one)."""
+
+
+def record_postfix(record: dict[str, Any]) -> dict[str, str]:
+    """The progress bar's default postfix: the epoch's mean loss and training accuracy (%),
+    those of the two the record has."""
+    shown = {"loss": f"{record['loss']:.3f}"} if "loss" in record else {}
+    return {**shown, "acc": f"{record['train_acc']:.1f}"} if "train_acc" in record else shown
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How :func:`fit` runs the epochs of one training run.
+
+    Attributes:
+        epochs: Epochs of the whole run (a resumed run continues up to it).
+        steps_per_epoch: Steps every epoch runs (global step = epoch * steps_per_epoch + i + 1).
+        seed: Seed of the per-epoch generators (:meth:`Epoch.rng`, :meth:`Epoch.generator`).
+        desc: The progress bar's label.
+        progress: Show the per-epoch progress bar.
+        resume: Continue from the store's saved state when there is one.
+        save_start: Keep the starting state as the epoch-0 checkpoint when starting at epoch 0.
+        torch_stream: When set, every epoch runs with torch's global RNG forked and seeded from
+            ``epoch_generator(seed, epoch, torch_stream)`` (so drop path replays on resume).
+        device: The training device (its CUDA generator is forked with ``torch_stream``).
+        postfix: Maps an epoch's record to the progress bar's postfix.
+    """
+
+    epochs: int
+    steps_per_epoch: int
+    seed: int
+    desc: str = "train"
+    progress: bool = True
+    resume: bool = False
+    save_start: bool = False
+    torch_stream: int | None = None
+    device: torch.device | None = None
+    postfix: Callable[[dict[str, Any]], dict[str, str]] = record_postfix
+
+
+class Epoch:
+    """One epoch as the per-epoch body of :func:`fit` sees it: its seeded generators and the
+    ``step`` call that reports every step's loss.
+
+    Attributes:
+        index: The epoch, 0-based (the record's ``"epoch"`` is ``index + 1``).
+        global_step: Steps finished since the run began (restored epochs included), i.e. the
+            0-based index of the next step; :meth:`step` increments it.
+    """
+
+    def __init__(self, index: int, seed: int, global_step: int, on_step: Callable[[int], None] | None,
+                 diverged: Callable[[int, int, float], TrainingDiverged]) -> None:
+        self.index, self.seed, self.global_step = index, seed, global_step
+        self._on_step, self._diverged = on_step, diverged
+
+    def rng(self, stream: int = 0) -> random.Random:
+        """This epoch's Python generator of ``stream`` (:func:`epoch_rng`)."""
+        return epoch_rng(self.seed, self.index, stream)
+
+    def generator(self, stream: int = 0) -> torch.Generator:
+        """This epoch's torch generator of ``stream`` (:func:`epoch_generator`)."""
+        return epoch_generator(self.seed, self.index, stream)
+
+    def step(self, loss: float) -> int:
+        """Report one finished step's loss; returns the global step (1-based).
+
+        Raises:
+            TrainingDiverged: ``loss`` is NaN or infinite (``on_step`` is not called).
+        """
+        self.global_step += 1
+        if not math.isfinite(loss):
+            raise self._diverged(self.index + 1, self.global_step, float(loss))
+        if self._on_step is not None:
+            self._on_step(self.global_step)
+        return self.global_step
+
+
+def _nonfinite_parameter(model: nn.Module) -> str | None:
+    """The name of the first parameter holding a NaN or infinity (None: all finite)."""
+    named = list(model.named_parameters())
+    finite = [torch.isfinite(p.detach()).all() for _, p in named]
+    if not finite or bool(torch.stack(finite).all()):  # one device sync when all is well
+        return None
+    return next(name for (name, _), ok in zip(named, finite) if not bool(ok))
+
+
+def fit(
+    run_epoch: Callable[[Epoch], dict[str, Any]],
+    model: nn.Module,
+    optimizers: Optimizers,
+    store: EpochStore,
+    options: FitOptions,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainHistory:
+    """The epoch loop every trainer of the engine shares.
+
+    Restores ``model`` and ``optimizers`` from ``store`` (when ``options.resume``), keeps the
+    epoch-0 state if ``options.save_start``, then for every remaining epoch calls
+    ``run_epoch(epoch)``, appends the record it returns to the history, checks that every
+    parameter is finite and saves the state after the epoch to ``store``. The body draws its
+    randomness from ``epoch.rng(stream)`` / ``epoch.generator(stream)`` and calls
+    ``epoch.step(loss)`` after every step, which checks the loss and calls ``on_step``.
+
+    Args:
+        run_epoch: Trains one epoch; returns its record (a JSON-able dict; ``"epoch"`` should
+            be ``epoch.index + 1``).
+        model: The module whose ``state_dict`` the store saves (and whose parameters are checked).
+        optimizers: Its optimizer, or several (a mixture's), saved with it.
+        store: The checkpoint (e.g. :class:`~stitchnas.core.checkpoints.EpochCheckpoint`).
+        options: Epochs, steps per epoch, seed, resume and progress settings.
+        on_step: Called with the global step (1-based, consecutive over epochs and resumes)
+            after every step; tests interrupt runs with it.
+
+    Returns:
+        The history of every epoch, restored ones included.
+
+    Raises:
+        TrainingDiverged: A step's loss or, at an epoch's end, a parameter is not finite; the
+            non-finite state is not saved, so the store keeps the last finite epoch.
+        ValueError: The store's checkpoint was written for a different recipe.
+    """
+    history = TrainHistory()
+    start, history.epochs = store.restore(model, optimizers, options.resume)
+    kept: int | None = start if start > 0 else None
+    if options.save_start and start == 0:
+        store.save(0, model, optimizers, [])
+        kept = 0
+
+    def diverged(epoch: int, step: int, value: float, what: str | None = None) -> TrainingDiverged:
+        if store.path is None:
+            where = "this run keeps no checkpoint"
+        elif kept is None:
+            where = f"no checkpoint was written to {store.path}"
+        else:
+            where = f"the last finite checkpoint (epoch {kept}) is kept at {store.path}"
+        found = what or f"loss {value}"
+        return TrainingDiverged(f"training diverged: {found} at epoch {epoch}, step {step}; {where}",
+                                epoch, step, value, kept)
+
+    bar = tqdm(range(start, options.epochs), desc=options.desc, unit="epoch", disable=not options.progress,
+               initial=start, total=options.epochs, leave=False)
+    for index in bar:
+        epoch = Epoch(index, options.seed, index * options.steps_per_epoch, on_step, diverged)
+        if options.torch_stream is None:
+            record = run_epoch(epoch)
+        else:
+            device = options.device
+            with torch.random.fork_rng(devices=[device.index or 0] if device is not None and device.type == "cuda" else []):
+                # e.g. drop path draws from torch's global RNG: seeded per epoch, a resume replays it
+                torch.manual_seed(epoch.generator(options.torch_stream).initial_seed())
+                record = run_epoch(epoch)
+        bad = _nonfinite_parameter(model)
+        if bad is not None:
+            raise diverged(index + 1, epoch.global_step, math.nan, f"non-finite weights ({bad!r})")
+        history.epochs.append(record)
+        bar.set_postfix(**options.postfix(record))
+        store.save(index + 1, model, optimizers, history.epochs)
+        kept = index + 1
+    return history

@@ -1,0 +1,353 @@
+"""Image classification data sets as in-memory float tensors, with the BMS search split.
+
+Every data set is loaded whole into memory as ``float32`` NCHW tensors, normalised per channel
+with statistics of the training split only. The training set is then split
+``search_val_fraction`` (0.5 by default, as in Javan et al., "Balanced Mixture of SuperNets
+for Learning the CNN Pooling Architecture", arXiv 2306.11982) into ``search_train`` and
+``search_val``; the test split is kept for final numbers only.
+
+This module holds the spec, the registry, the splits and :func:`load_data`; the built-in data
+sets register themselves from :mod:`stitchnas.data.sources` and :mod:`stitchnas.data.cluttered`
+when :mod:`stitchnas.data` is imported. :func:`register_dataset` adds more by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+__all__ = [
+    "DataSpec",
+    "DataSplits",
+    "RawData",
+    "list_datasets",
+    "load_data",
+    "make_loader",
+    "register_dataset",
+    "stratified_split",
+]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data set to load and how to split it.
+
+    Attributes:
+        name: A registered data set name (see :func:`list_datasets`).
+        data_dir: Folder or file with the data (``cifar10``, ``cifar100``, ``npz``).
+        input_size: Images are resized (bilinear) to ``input_size x input_size``.
+        seed: Seed of every split and subsample; the same seed gives the same tensors.
+        search_val_fraction: Fraction of the training set held out as ``search_val``.
+        test_fraction: Fraction held out as ``test`` when the data has no official test split.
+        max_train_samples: Optional stratified subsample of the training set (quick runs).
+        max_test_samples: Optional stratified subsample of the test set.
+        options: Extra, data-set-specific settings (e.g. ``canvas_size`` for
+            ``cluttered_digits``); data sets reject options they do not know.
+    """
+
+    name: str = "digits"
+    data_dir: str | None = None
+    input_size: int = 16
+    seed: int = 0
+    search_val_fraction: float = 0.5
+    test_fraction: float = 0.2
+    max_train_samples: int | None = None
+    max_test_samples: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"DataSpec.name must be a non-empty string, got {self.name!r}")
+        if self.data_dir is not None and not isinstance(self.data_dir, (str, Path)):
+            raise ValueError(f"DataSpec.data_dir must be a path or None, got {self.data_dir!r}")
+        if isinstance(self.data_dir, Path):
+            object.__setattr__(self, "data_dir", str(self.data_dir))  # stays JSON-friendly
+        if not _is_int(self.input_size) or self.input_size < 1:
+            raise ValueError(
+                f"DataSpec.input_size must be an integer >= 1, got {self.input_size!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"DataSpec.seed must be an integer >= 0, got {self.seed!r}")
+        for name in ("search_val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise ValueError(f"DataSpec.{name} must be a number in (0, 1), got {value!r}")
+        for name in ("max_train_samples", "max_test_samples"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(f"DataSpec.{name} must be None or an integer >= 1, got {value!r}")
+        if not (isinstance(self.options, Mapping)
+                and all(isinstance(k, str) for k in self.options)):
+            raise ValueError(
+                f"DataSpec.options must be a dict with string keys, got {self.options!r}")
+        # A private copy: later edits to the caller's dict must not change a frozen spec.
+        object.__setattr__(self, "options", dict(self.options))
+
+    def __hash__(self) -> int:
+        options = tuple(sorted((k, repr(v)) for k, v in self.options.items()))
+        return hash((self.name, self.data_dir, self.input_size, self.seed,
+                     self.search_val_fraction, self.test_fraction, self.max_train_samples,
+                     self.max_test_samples, options))
+
+
+@dataclass(frozen=True, eq=False)
+class RawData:
+    """What a data set loader returns, before splitting, resizing and normalising.
+
+    Attributes:
+        x_train: ``(N, C, H, W)`` images. ``uint8`` is read as 0..255 and scaled to [0, 1]
+            (kept as ``uint8`` until then, to save memory); other real dtypes are used as is.
+        y_train: ``(N,)`` integer labels in ``[0, num_classes)``.
+        num_classes: Number of classes.
+        x_test: Official test images, or ``None`` to hold out ``DataSpec.test_fraction``.
+        y_test: Official test labels (with ``x_test``).
+        class_names: Optional names, one per class.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    num_classes: int
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class DataSplits:
+    """The loaded splits; ``train`` is ``search_train`` followed by ``search_val``.
+
+    Each split is a ``TensorDataset(x, y)`` with ``x`` float32 NCHW, normalised with the
+    per-channel ``mean``/``std`` of ``train``, and ``y`` int64. ``search_train`` and
+    ``search_val`` are views into ``train``'s tensors, so they cost no extra memory.
+    """
+
+    name: str
+    num_classes: int
+    in_chans: int
+    input_size: int
+    search_train: TensorDataset
+    search_val: TensorDataset
+    train: TensorDataset
+    test: TensorDataset
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+
+    def describe(self) -> str:
+        """One line: name, classes, image shape and the size of every split."""
+        sizes = ", ".join(
+            f"{split} {len(getattr(self, split))}"
+            for split in ("search_train", "search_val", "train", "test")
+        )
+        return (f"{self.name}: {self.num_classes} classes, "
+                f"{self.in_chans}x{self.input_size}x{self.input_size} images, {sizes}")
+
+
+DatasetLoader = Callable[[DataSpec], RawData]
+_REGISTRY: dict[str, DatasetLoader] = {}
+
+
+def register_dataset(name: str, loader_fn: DatasetLoader, *, overwrite: bool = False) -> None:
+    """Makes ``load_data(DataSpec(name=name, ...))`` call ``loader_fn(spec) -> RawData``.
+
+    Raises:
+        ValueError: If ``name`` is empty or already registered (and ``overwrite`` is False).
+        TypeError: If ``loader_fn`` is not callable.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_dataset: name must be a non-empty string, got {name!r}")
+    if not callable(loader_fn):
+        raise TypeError(f"register_dataset: loader_fn for {name!r} must be callable")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"register_dataset: data set {name!r} is already registered "
+                         f"(pass overwrite=True to replace it)")
+    _REGISTRY[name] = loader_fn
+
+
+def list_datasets() -> list[str]:
+    """Sorted names of every registered data set."""
+    return sorted(_REGISTRY)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _derived_seed(seed: int, stream: int) -> int:
+    # Independent, reproducible sub-seeds for each split (sklearn wants < 2**32).
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+
+
+def stratified_split(
+    labels: np.ndarray, held_out: float | int, seed: int, what: str = "held_out"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic stratified split of ``range(len(labels))`` into (kept, held-out).
+
+    Args:
+        labels: ``(N,)`` class labels.
+        held_out: Fraction in (0, 1) or count of samples to hold out.
+        seed: Seed of the split.
+        what: The setting being applied, for the error message.
+
+    Returns:
+        Two sorted, disjoint index arrays that together cover ``range(N)``.
+
+    Raises:
+        ValueError: If the split cannot be stratified (too few samples per class).
+    """
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(len(labels))
+    try:
+        kept, held = train_test_split(
+            indices, test_size=held_out, stratify=labels, random_state=seed % (2**32)
+        )
+    except ValueError as exc:
+        raise ValueError(f"{what}={held_out}: cannot split {len(labels)} samples stratified "
+                         f"by class ({str(exc).splitlines()[0]})") from None
+    return np.sort(kept), np.sort(held)
+
+
+def _check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"{where}: labels outside range 0..{num_classes - 1} "
+                         f"(found {int(y.min())}..{int(y.max())})")
+
+
+def _checked_arrays(raw: RawData, name: str) -> list[np.ndarray]:
+    """``[x_train, y_train]`` (+ ``[x_test, y_test]``) as arrays, after checking shapes."""
+    if not _is_int(raw.num_classes) or raw.num_classes < 1:
+        raise ValueError(f"data set {name!r}: num_classes must be >= 1, got {raw.num_classes!r}")
+    if (raw.x_test is None) != (raw.y_test is None):
+        raise ValueError(f"data set {name!r}: x_test and y_test must be given together")
+    pairs = [("train", raw.x_train, raw.y_train)]
+    if raw.x_test is not None:
+        pairs.append(("test", raw.x_test, raw.y_test))
+    arrays = []
+    for split, x_in, y_in in pairs:
+        x, y = np.asarray(x_in), np.asarray(y_in)
+        if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
+            raise ValueError(f"data set {name!r}: expected {split} images (N, C, H, W) and "
+                             f"labels (N,), got {x.shape} and {y.shape}")
+        if x.dtype.kind not in "biuf":
+            raise ValueError(f"data set {name!r}: {split} images must be numeric, got {x.dtype}")
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"data set {name!r}: {split} labels must be integers, got {y.dtype}")
+        _check_labels(y, raw.num_classes, f"data set {name!r} {split}")
+        arrays += [x, y.astype(np.int64)]
+    if len(arrays) == 4 and arrays[2].shape[1] != arrays[0].shape[1]:
+        raise ValueError(f"data set {name!r}: train has {arrays[0].shape[1]} channels, "
+                         f"test has {arrays[2].shape[1]}")
+    return arrays
+
+
+def _resize(x: np.ndarray, size: int) -> torch.Tensor:
+    """``(N, C, H, W)`` array -> float32 tensor of ``(N, C, size, size)``, in chunks.
+
+    ``uint8`` input is scaled from 0..255 to [0, 1] on the way.
+    """
+    if x.dtype == np.uint8:
+        images = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
+    else:
+        images = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if images.shape[-2:] == (size, size):
+        return images
+    # Antialias when shrinking, or bilinear sampling skips pixels and aliases.
+    shrink = size < max(images.shape[-2:])
+    chunks = [
+        F.interpolate(chunk, size=(size, size), mode="bilinear", align_corners=False,
+                      antialias=shrink)
+        for chunk in images.split(4096)
+    ]
+    return torch.cat(chunks)
+
+
+def load_data(spec: DataSpec) -> DataSplits:
+    """Loads, splits, resizes and normalises the data set described by ``spec``.
+
+    Raises:
+        ValueError: One line naming the setting, folder or file at fault.
+    """
+    if spec.name not in _REGISTRY:
+        raise ValueError(f"DataSpec.name: unknown data set {spec.name!r} "
+                         f"(known: {', '.join(sorted(_REGISTRY))})")
+    raw = _REGISTRY[spec.name](spec)
+    arrays = _checked_arrays(raw, spec.name)
+    if len(arrays) == 2:
+        x_all, y_all = arrays
+        train_idx, test_idx = stratified_split(
+            y_all, spec.test_fraction, _derived_seed(spec.seed, 0), "test_fraction")
+        x_tr, y_tr = x_all[train_idx], y_all[train_idx]
+        x_te, y_te = x_all[test_idx], y_all[test_idx]
+    else:
+        x_tr, y_tr, x_te, y_te = arrays
+    if spec.max_train_samples is not None and spec.max_train_samples < len(y_tr):
+        _, take = stratified_split(y_tr, spec.max_train_samples,
+                                   _derived_seed(spec.seed, 1), "max_train_samples")
+        x_tr, y_tr = x_tr[take], y_tr[take]
+    if spec.max_test_samples is not None and spec.max_test_samples < len(y_te):
+        _, take = stratified_split(y_te, spec.max_test_samples,
+                                   _derived_seed(spec.seed, 2), "max_test_samples")
+        x_te, y_te = x_te[take], y_te[take]
+    keep, held = stratified_split(y_tr, spec.search_val_fraction,
+                                  _derived_seed(spec.seed, 3), "search_val_fraction")
+    order = np.concatenate([keep, held])
+    x_train = _resize(x_tr[order], spec.input_size)
+    y_train = torch.from_numpy(y_tr[order].copy())
+    x_test = _resize(x_te, spec.input_size)
+    # Statistics of the training split only: the test set must not leak into the inputs.
+    mean = x_train.double().mean(dim=(0, 2, 3))
+    std = x_train.double().std(dim=(0, 2, 3), unbiased=False)
+    std = torch.where(std > 1e-12, std, torch.ones_like(std))
+    scale = (mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1))
+    x_train.sub_(scale[0]).div_(scale[1])  # in place: x_train is our own copy
+    x_test = (x_test - scale[0]) / scale[1]
+    n_search = len(keep)
+    names = raw.class_names or tuple(str(i) for i in range(raw.num_classes))
+    return DataSplits(
+        name=spec.name,
+        num_classes=int(raw.num_classes),
+        in_chans=int(x_train.shape[1]),
+        input_size=spec.input_size,
+        search_train=TensorDataset(x_train[:n_search], y_train[:n_search]),
+        search_val=TensorDataset(x_train[n_search:], y_train[n_search:]),
+        train=TensorDataset(x_train, y_train),
+        test=TensorDataset(x_test.contiguous(), torch.from_numpy(y_te.copy())),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        class_names=tuple(names),
+    )
+
+
+def make_loader(
+    dataset: Dataset[Any], batch_size: int, shuffle: bool, seed: int, drop_last: bool = False
+) -> DataLoader[Any]:
+    """A single-process ``DataLoader`` whose shuffling comes from its own seeded generator.
+
+    The generator advances from epoch to epoch, so every epoch has a new order, but the whole
+    sequence of orders is the same on every run with the same ``seed``.
+
+    Raises:
+        ValueError: If ``batch_size`` is not an integer >= 1 or ``seed`` not an integer.
+    """
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"make_loader: batch_size must be an integer >= 1, got {batch_size!r}")
+    if not _is_int(seed):
+        raise ValueError(f"make_loader: seed must be an integer, got {seed!r}")
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    return DataLoader(dataset, batch_size=int(batch_size), shuffle=shuffle, generator=generator,
+                      num_workers=0, drop_last=drop_last)
+
+
+def reject_options(spec: DataSpec, known: Sequence[str] = ()) -> None:
+    """Raises ``ValueError`` if ``spec.options`` has a key not in ``known``."""
+    unknown = sorted(set(spec.options) - set(known))
+    if unknown:
+        raise ValueError(f"DataSpec.options: data set {spec.name!r} does not take {unknown} "
+                         f"(known options: {sorted(known) or 'none'})")

@@ -1,0 +1,372 @@
+"""The Learngene Pool pipeline ("Building Variable-sized Models via Learngene Pool", AAAI
+2024, arXiv 2312.05743) in two resumable run folders, like ``anchors train`` then
+``stitch train``, so one distillation serves several pools (e.g. the init ablation):
+
+1. **Distillation run** (:func:`run_distill`): a trained teacher (an anchor file) distilled
+   into auxiliary students. Files: ``run_config.json``, ``distill.pt`` (epoch checkpoints,
+   removed when done), ``learngene.pt`` (students + transformation matrices, a plain state
+   dict) and ``learngene.json`` (teacher, student configs, matched blocks, accuracies, FLOPs,
+   parameters, the weights' SHA-256).
+2. **Pool run** (:func:`run_learngene_pool`): descendants stitched from the students, stitching
+   layers initialised from the matrices (or by least squares), fine-tuned with soft
+   distillation from the teacher, every descendant scored on ``search_val``. Files as an
+   every search pipeline run (:mod:`stitchnas.search.pipeline`), the checkpoint ``pool.pt``
+   (epoch 0 is the init); exports are of kind ``"stitch"``, so ``stitchnas.load_model``
+   rebuilds a descendant alone.
+
+The pool run uses the distillation run's data settings, so ``search_val`` stays unseen by
+both stages, and records the SHA-256 of ``learngene.pt``: resuming against changed students
+fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from torch import nn
+
+from stitching.anchors import AnchorRef, check_anchor_data, load_anchors
+from stitching.flops import anchor_flops
+from stitching.learngene import LearngeneDistiller, build_pool, init_stitches_from_matrices
+from stitching.learngene_train import DEFAULT_FINETUNE, DistillConfig, build_distiller, distill_students, finetune_pool
+from stitching.snnet import SNNet
+from stitching.trainer import StitchTrainConfig
+from stitchnas.core.checkpoints import load_checkpoint_weights, load_state_strict
+from stitchnas.core.evaluation import accuracy
+from stitchnas.core.io import atomic_torch_save, atomic_write_json, file_sha256, load_checkpoint, read_json
+from stitchnas.core.records import AnchorDigest, Provenance, data_fields
+from stitchnas.core.runs import RUN_CONFIG, prepare_run_dir
+from stitchnas.core.training import TrainHistory
+from stitchnas.data import DataSpec, DataSplits, load_data
+from stitchnas.methods.snnet import StitchTask, export_dir_name, export_stitch_config, init_batch
+from stitchnas.search.candidates import CandidateTask
+from stitchnas.search.pipeline import HV_REFERENCES, SearchMethod, TrainContext
+
+log = logging.getLogger(__name__)
+
+DISTILL_CHECKPOINT = "distill.pt"
+LEARNGENE_WEIGHTS = "learngene.pt"
+LEARNGENE_MANIFEST = "learngene.json"
+LEARNGENE_FORMAT = "stitchnas.learngene"
+LEARNGENE_VERSION = 1
+POOL_CHECKPOINT = "pool.pt"
+INITS: tuple[str, ...] = ("matrices", "least_squares")
+
+
+# --------------------------------------------------------------------------- configs
+@dataclass(frozen=True)
+class LearngeneDistillRunConfig:
+    """Stage 1: the teacher (a trained ViT anchor on disk), the data and the distillation."""
+
+    teacher: AnchorRef
+    distill: DistillConfig
+    data: DataSpec = field(default_factory=DataSpec)
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        bs = self.eval_batch_size
+        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+            raise ValueError(f"learngene distill run 'eval_batch_size': expected an int >= 1, got {bs!r}")
+        self.distill.check(dict(self.teacher.config))  # students and matched blocks fit the teacher
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "learngene_distill", "teacher": self.teacher.to_json(), "data": asdict(self.data),
+                "distill": self.distill.to_json(), "eval_batch_size": self.eval_batch_size}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "LearngeneDistillRunConfig":
+        if not isinstance(data, dict) or data.get("kind") != "learngene_distill":
+            raise ValueError("run config: not a learngene distillation run (expected kind 'learngene_distill')")
+        try:
+            return cls(teacher=AnchorRef.from_json(data["teacher"]), distill=DistillConfig.from_json(data["distill"]),
+                       data=DataSpec(**data["data"]), eval_batch_size=data["eval_batch_size"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"run config: malformed learngene distillation run ({type(err).__name__}: {err})") from err
+
+
+@dataclass(frozen=True)
+class LearngenePoolConfig:
+    """Stage 2: which distillation run and students, the stitch init, the fine-tuning recipe.
+
+    ``students`` names the pool's instances (default: the narrowest and the widest student,
+    as the official code). ``init`` is ``"matrices"`` (Learngene Pool) or ``"least_squares"``
+    (SN-Net's, on ``init_samples`` images of ``search_train``).
+    """
+
+    distill_run: str
+    students: tuple[str, ...] = ()
+    init: Literal["matrices", "least_squares"] = "matrices"
+    init_samples: int = 100
+    finetune: StitchTrainConfig = DEFAULT_FINETUNE
+    kernel_size: int = 2
+    stride: int = 1
+    eval_batch_size: int = 256
+    export_front: bool = True
+    hv_reference: str = "evaluated"  # see stitchnas.search.pipeline.HV_REFERENCES
+
+    def __post_init__(self) -> None:
+        if self.hv_reference not in HV_REFERENCES:
+            raise ValueError(f"learngene pool 'hv_reference': expected one of {HV_REFERENCES}, "
+                             f"got {self.hv_reference!r}")
+        object.__setattr__(self, "distill_run", str(Path(self.distill_run).resolve()))
+        object.__setattr__(self, "students", tuple(self.students))
+        if self.init not in INITS:
+            raise ValueError(f"learngene pool 'init': expected one of {list(INITS)}, got {self.init!r}")
+        for key in ("init_samples", "eval_batch_size", "kernel_size", "stride"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"learngene pool '{key}': expected an int >= 1, got {value!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "learngene_pool", "distill_run": self.distill_run, "students": list(self.students),
+                "init": self.init, "init_samples": self.init_samples, "finetune": self.finetune.to_json(),
+                "kernel_size": self.kernel_size, "stride": self.stride, "eval_batch_size": self.eval_batch_size,
+                "export_front": self.export_front, "hv_reference": self.hv_reference}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "LearngenePoolConfig":
+        if not isinstance(data, dict) or data.get("kind") != "learngene_pool":
+            raise ValueError("run config: not a learngene pool run (expected kind 'learngene_pool')")
+        try:
+            return cls(distill_run=data["distill_run"], students=tuple(data["students"]), init=data["init"],
+                       finetune=StitchTrainConfig.from_json(data["finetune"]),
+                       **{k: data[k] for k in ("init_samples", "kernel_size", "stride", "eval_batch_size",
+                                               "export_front")},
+                       hv_reference=data.get("hv_reference", "evaluated"))  # absent in older runs
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"run config: malformed learngene pool run ({type(err).__name__}: {err})") from err
+
+
+@dataclass
+class DistillOutcome:
+    out_dir: Path
+    manifest: dict[str, Any]
+    history: TrainHistory | None = None
+
+
+# --------------------------------------------------------------------------- stage 1
+def load_teacher(ref: AnchorRef, data: DataSplits) -> nn.Module:
+    teacher = load_anchors([ref])[0]
+    check_anchor_data([teacher], [ref.name], data)
+    return teacher.eval()
+
+
+def run_distill(
+    cfg: LearngeneDistillRunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> DistillOutcome:
+    """Distil the teacher into the students (or, resumed, finish doing so) in ``out_dir``."""
+    data = load_data(cfg.data)
+    teacher = load_teacher(cfg.teacher, data)  # a bad teacher fails before the folder is claimed
+    out = prepare_run_dir(out_dir, cfg.to_json(), resume)
+    weights, manifest_path = out / LEARNGENE_WEIGHTS, out / LEARNGENE_MANIFEST
+    if manifest_path.exists() and weights.exists():
+        manifest = read_json(manifest_path, "learngene manifest")
+        if manifest.get("sha256") == file_sha256(weights):
+            log.info("distillation already finished in %s", out)
+            return DistillOutcome(out, manifest)
+    torch.manual_seed(cfg.distill.train.seed)
+    distiller = build_distiller(teacher.config, cfg.distill)
+    ckpt = out / DISTILL_CHECKPOINT
+    start = time.perf_counter()
+    history = distill_students(distiller, teacher, data.search_train, cfg.distill, checkpoint_path=ckpt,
+                               resume=resume, progress=progress, on_step=on_step)
+    seconds = time.perf_counter() - start
+    atomic_torch_save({k: v.detach().cpu().contiguous() for k, v in distiller.state_dict().items()}, weights)
+    device, bs = cfg.distill.train.device, cfg.eval_batch_size
+    students = []
+    for spec, student, pairs in zip(distiller.specs, distiller.students, distiller.matches):
+        students.append({
+            **spec.to_json(), "config": student.config, "matches": [list(p) for p in pairs],
+            "flops": anchor_flops(student).total, "params": sum(p.numel() for p in student.parameters()),
+            "val_acc": accuracy(student, data.search_val, bs, device),
+            "test_acc": accuracy(student, data.test, bs, device),
+        })
+    manifest = {
+        "format": LEARNGENE_FORMAT, "format_version": LEARNGENE_VERSION, "file": LEARNGENE_WEIGHTS,
+        "sha256": file_sha256(weights), "teacher": {
+            **cfg.teacher.to_json(), "flops": anchor_flops(teacher).total,
+            "params": sum(p.numel() for p in teacher.parameters()),
+            "val_acc": accuracy(teacher, data.search_val, bs, device),
+            "test_acc": accuracy(teacher, data.test, bs, device),
+        },
+        "students": students, "alpha": cfg.distill.alpha, "temperature": cfg.distill.temperature,
+        "train_seconds": round(seconds, 2), "history": history.epochs,
+    }
+    atomic_write_json(manifest_path, manifest)
+    ckpt.unlink(missing_ok=True)  # learngene.pt holds the result; the epoch checkpoint is spent
+    log.info("students distilled: %s", ", ".join(f"{s['name']} val {s['val_acc']:.2f}%" for s in students))
+    return DistillOutcome(out, manifest, history)
+
+
+def read_distill_run(folder: str | Path) -> tuple[LearngeneDistillRunConfig, dict[str, Any], LearngeneDistiller]:
+    """A finished distillation run: its config, manifest and distiller (students + matrices)."""
+    folder = Path(folder)
+    cfg = LearngeneDistillRunConfig.from_json(read_json(folder / RUN_CONFIG, "run config"))
+    manifest = read_json(folder / LEARNGENE_MANIFEST, "learngene manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != LEARNGENE_FORMAT:
+        raise ValueError(f"learngene manifest {folder / LEARNGENE_MANIFEST}: 'format' must be {LEARNGENE_FORMAT!r}")
+    if manifest.get("format_version") != LEARNGENE_VERSION:
+        raise ValueError(f"learngene manifest {folder / LEARNGENE_MANIFEST}: 'format_version' "
+                         f"{manifest.get('format_version')!r} is not supported (expected {LEARNGENE_VERSION})")
+    weights = folder / LEARNGENE_WEIGHTS
+    if file_sha256(weights) != manifest.get("sha256"):
+        raise ValueError(f"learngene weights {weights}: SHA-256 does not match {LEARNGENE_MANIFEST}")
+    distiller = build_distiller(dict(cfg.teacher.config), cfg.distill)
+    load_state_strict(distiller, load_checkpoint(weights), f"learngene weights {weights}")
+    return cfg, manifest, distiller.eval()
+
+
+# --------------------------------------------------------------------------- stage 2
+def pool_indices(distiller: LearngeneDistiller, names: tuple[str, ...]) -> list[int]:
+    """Students of the pool, narrow -> wide: ``names``, or the narrowest and widest."""
+    if names:
+        idx = [distiller.index(n) for n in names]
+        if len(set(idx)) != len(idx):
+            raise ValueError(f"learngene pool 'students': expected distinct names, got {list(names)}")
+    else:
+        order = sorted(range(len(distiller.specs)), key=lambda i: (distiller.specs[i].embed_dim, i))
+        idx = [order[0], order[-1]] if len(order) > 1 else order
+    return sorted(idx, key=lambda i: (distiller.specs[i].embed_dim, distiller.specs[i].depth))
+
+
+def build_learngene_pool(cfg: LearngenePoolConfig, distiller: LearngeneDistiller, data: DataSplits) -> SNNet:
+    """The pool of copies of the chosen students, stitching layers initialised per ``cfg.init``."""
+    idx = pool_indices(distiller, cfg.students)
+    students = [copy.deepcopy(distiller.students[i]) for i in idx]
+    pool = build_pool(students, [distiller.specs[i].name for i in idx], cfg.kernel_size, cfg.stride)
+    if cfg.init == "matrices":
+        init_stitches_from_matrices(pool, [distiller.matrices[i] for i in idx])
+    else:
+        pool.init_stitching_layers(init_batch(data, cfg.init_samples, cfg.finetune.seed))
+    return pool.eval()
+
+
+class LearngenePoolMethod(SearchMethod):
+    """Stage 2 of Learngene Pool as a :class:`~stitchnas.search.pipeline.SearchMethod`: the
+    pool of descendants, its stitch init, fine-tuning from the teacher, every descendant scored.
+
+    ``run_config.json`` also records the SHA-256 of the distillation run's ``learngene.pt``:
+    resuming, re-evaluating or exporting against changed students fails."""
+
+    checkpoint_file = POOL_CHECKPOINT
+    noun = "descendants"
+
+    def __init__(self, cfg: LearngenePoolConfig, expected_sha256: str | None = None) -> None:
+        self.cfg, self.expected_sha256 = cfg, expected_sha256
+        self._distill: tuple[LearngeneDistillRunConfig, dict[str, Any], LearngeneDistiller] | None = None
+        self._data: DataSplits | None = None
+
+    @classmethod
+    def from_run_config(cls, raw: Any) -> "LearngenePoolMethod":
+        if not isinstance(raw, dict):
+            raise ValueError(f"run config: expected an object, got {type(raw).__name__}")
+        cfg = LearngenePoolConfig.from_json({k: v for k, v in raw.items() if k != "learngene_sha256"})
+        return cls(cfg, expected_sha256=raw.get("learngene_sha256"))
+
+    @property
+    def distill_run(self) -> tuple[LearngeneDistillRunConfig, dict[str, Any], LearngeneDistiller]:
+        """The distillation run's config, manifest and distiller (read once)."""
+        if self._distill is None:
+            self._distill = read_distill_run(self.cfg.distill_run)
+            sha = self._distill[1]["sha256"]
+            if self.expected_sha256 is not None and self.expected_sha256 != sha:
+                raise ValueError(f"distillation run {self.cfg.distill_run}: {LEARNGENE_WEIGHTS} changed since "
+                                 "the pool run (SHA-256 differs)")
+        return self._distill
+
+    def run_config(self) -> dict[str, Any]:
+        return {**self.cfg.to_json(), "learngene_sha256": self.distill_run[1]["sha256"]}
+
+    @property
+    def hv_reference(self) -> str:
+        return self.cfg.hv_reference
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.finetune.seed
+
+    @property
+    def device(self) -> str:
+        return self.cfg.finetune.device
+
+    @property
+    def export_front(self) -> bool:
+        return self.cfg.export_front
+
+    def load_data(self) -> DataSplits:
+        if self._data is None:
+            self._data = load_data(self.distill_run[0].data)  # the distillation's split: search_val stays unseen
+        return self._data
+
+    def build(self, data: DataSplits) -> nn.Module:
+        torch.manual_seed(self.cfg.finetune.seed)
+        pool = build_learngene_pool(self.cfg, self.distill_run[2], data)
+        log.info("learngene pool: %s, %d descendants, %d stitching layers (%s init)", ", ".join(pool.space.names),
+                 len(pool.space), len(pool.stitch_layers), self.cfg.init)
+        return pool
+
+    def train(self, network: nn.Module, ctx: TrainContext) -> TrainHistory:
+        assert isinstance(network, SNNet)
+        teacher = load_teacher(self.distill_run[0].teacher, ctx.data) if self.cfg.finetune.distill_weight > 0 else None
+        return finetune_pool(network, teacher, ctx.data.search_train, self.cfg.finetune, checkpoint_path=ctx.checkpoint,
+                             resume=ctx.resume, progress=ctx.progress, on_step=ctx.on_step)
+
+    def load_trained(self, run_dir: Path, data: DataSplits) -> nn.Module:
+        distiller = self.distill_run[2]
+        idx = pool_indices(distiller, self.cfg.students)
+        pool = build_pool([copy.deepcopy(distiller.students[i]) for i in idx], [distiller.specs[i].name for i in idx],
+                          self.cfg.kernel_size, self.cfg.stride)
+        load_checkpoint_weights(pool, Path(run_dir) / POOL_CHECKPOINT, "a pool")
+        return pool.eval()
+
+    def task(self, network: nn.Module, data: DataSplits) -> CandidateTask:
+        assert isinstance(network, SNNet)
+        return StitchTask(network, data, self.cfg.eval_batch_size)
+
+    def title(self, network: nn.Module, data: DataSplits, what: str) -> str:
+        assert isinstance(network, SNNet)
+        return f"Learngene Pool ({len(network.space)} descendants, {what}) on {data.name}"
+
+    def trained_label(self) -> str:
+        return f"{self.cfg.init} init, {self.cfg.finetune.epochs} epochs"
+
+    def provenance(self, run_dir: Path) -> Provenance:
+        run = Path(run_dir)
+        dcfg, manifest, _ = self.distill_run
+        return Provenance(source="learngene_pool", run_dir=str(run.resolve()),
+                          checkpoint_sha256=file_sha256(run / POOL_CHECKPOINT), distill_run=self.cfg.distill_run,
+                          learngene_sha256=manifest["sha256"], stitch_init=self.cfg.init,
+                          teacher=AnchorDigest(dcfg.teacher.name, dcfg.teacher.sha256), **data_fields(dcfg.data))
+
+    def export_dir_name(self, network: nn.Module, index: int) -> str:
+        assert isinstance(network, SNNet)
+        return export_dir_name(network.space.config(index))
+
+    def export(self, folder: Path, network: nn.Module, index: int, data: DataSplits, provenance: Provenance,
+               search_val_acc: float | None = None) -> Path:
+        assert isinstance(network, SNNet)
+        return export_stitch_config(folder, network, index, data, self.cfg.eval_batch_size, self.cfg.finetune.device,
+                                    provenance, search_val_acc)
+
+    def parse_candidate(self, network: nn.Module, text: int | str) -> int:
+        assert isinstance(network, SNNet)
+        try:
+            index = int(text)
+        except (TypeError, ValueError):
+            raise ValueError(f"--config {text!r}: expected a descendant id (see results.csv)") from None
+        network.space.validate(index)
+        return index
+
+
+__all__ = [
+    "DISTILL_CHECKPOINT", "INITS", "LEARNGENE_MANIFEST", "LEARNGENE_WEIGHTS", "DistillOutcome",
+    "LearngeneDistillRunConfig", "LearngenePoolConfig", "LearngenePoolMethod", "POOL_CHECKPOINT",
+    "build_learngene_pool", "pool_indices", "read_distill_run", "run_distill",
+]

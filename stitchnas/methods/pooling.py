@@ -1,0 +1,429 @@
+"""The pooling-placement search (SPOS, one weight-sharing supernet) as a pipeline method.
+
+Javan et al., "Balanced Mixture of SuperNets for Learning the CNN Pooling Architecture"
+(arXiv 2306.11982): train one supernet by sampling a placement uniformly per step (single-path
+one-shot), score every placement on ``search_val`` with BatchNorm handled per configuration,
+and export the Pareto-optimal placements as standalone networks with the supernet's weights.
+The mixture (BMS) variant is :mod:`stitchnas.methods.bms`. The stages and files are the
+pipeline's (:mod:`stitchnas.search.pipeline`); the checkpoint is ``supernet.pt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+
+from searchspace.pooling import PoolingConfig, PoolingSpace
+from stitchnas.core.evaluation import accuracy
+from stitchnas.core.io import file_sha256, load_checkpoint
+from stitchnas.core.records import Provenance, data_fields
+from stitchnas.core.runs import prepare_run_dir
+from stitchnas.data import DataSpec, DataSplits, load_data
+from stitchnas.search.candidates import CandidateEvaluator, CandidateTask, compact
+from stitchnas.search.export import export_model
+from stitchnas.search.pipeline import HV_REFERENCES, SearchMethod, TrainContext
+from supernet.bms import MixtureConfig, MixtureOfSuperNets, train_mixture
+from supernet.evaluation import EvalConfig, evaluate_path, prepare_path
+from supernet.flops import pooling_flops, pooling_params
+from supernet.networks import ModelSpec, PoolingSuperNet, build_supernet
+from supernet.training import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+SUPERNET_CHECKPOINT = "supernet.pt"
+RESULTS_FILE = "results.csv"
+
+
+@dataclass(frozen=True)
+class PoolingSearchConfig:
+    space: PoolingSpace
+    data: DataSpec = field(default_factory=DataSpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    max_candidates: int | None = None  # None: every configuration (exhaustive)
+    export_front: bool = True
+    mixture: MixtureConfig | None = None  # None: one supernet (SPOS); else BMS / GM mixture
+    hv_reference: str = "evaluated"  # see stitchnas.search.pipeline.HV_REFERENCES
+
+    def __post_init__(self) -> None:
+        if self.hv_reference not in HV_REFERENCES:
+            raise ValueError(f"search 'hv_reference': expected one of {HV_REFERENCES}, got {self.hv_reference!r}")
+        if self.max_candidates is not None and self.max_candidates < 1:
+            raise ValueError(f"search 'max_candidates': expected >= 1 or None, got {self.max_candidates}")
+        if self.mixture is not None:
+            self.mixture.check_space(self.space)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "pooling_search",
+            "space": self.space.to_json(),
+            "data": asdict(self.data),
+            "train": self.train.to_json(),
+            "eval": self.eval.to_json(),
+            "max_candidates": self.max_candidates,
+            "export_front": self.export_front,
+            "mixture": self.mixture.to_json() if self.mixture is not None else None,
+            "hv_reference": self.hv_reference,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PoolingSearchConfig":
+        if not isinstance(data, dict) or data.get("kind") != "pooling_search":
+            raise ValueError("run config: not a pooling search run (expected kind 'pooling_search')")
+        try:
+            return cls._from_json(data)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"run config: malformed pooling search run ({type(err).__name__}: {err})") from err
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> "PoolingSearchConfig":
+        return cls(
+            space=PoolingSpace.from_json(data["space"]), data=DataSpec(**data["data"]),
+            train=TrainConfig(**data["train"]), eval=EvalConfig(**data["eval"]),
+            max_candidates=data.get("max_candidates"), export_front=data.get("export_front", True),
+            mixture=MixtureConfig(**data["mixture"]) if data.get("mixture") else None,
+            hv_reference=data.get("hv_reference", "evaluated"),  # absent in runs before it was recorded
+        )
+
+
+class SupernetTrainer(Protocol):
+    """Trains the supernet of a pooling search in place; the default is :func:`train_supernet`,
+    Ray Train's data-parallel trainer (:class:`stitchnas.backends.ray_train.RayTrainTrainer`)
+    plugs in here. It leaves its checkpoint at ``ctx.checkpoint`` in
+    :func:`supernet.training.train`'s format, so resuming and exporting work whichever wrote it."""
+
+    def __call__(self, ctx: "SupernetTraining") -> None: ...
+
+
+@dataclass
+class SupernetTraining:
+    """Everything a :class:`SupernetTrainer` needs."""
+
+    supernet: PoolingSuperNet | MixtureOfSuperNets
+    data: DataSplits
+    cfg: "PoolingSearchConfig"
+    checkpoint: Path
+    out_dir: Path
+    resume: bool = False
+    progress: bool = True
+    on_step: Callable[[int], None] | None = None
+
+
+def train_supernet(ctx: SupernetTraining) -> None:
+    """SPOS training in this process (see :func:`supernet.training.train`), or the mixture's
+    trainer (:func:`supernet.bms.train_mixture`) when the search has one."""
+    if isinstance(ctx.supernet, MixtureOfSuperNets):
+        train_mixture(ctx.supernet, ctx.data.search_train, ctx.data.search_val, ctx.cfg.train,
+                      checkpoint_path=ctx.checkpoint, resume=ctx.resume, progress=ctx.progress, on_step=ctx.on_step)
+        return
+    train(ctx.supernet, ctx.data.search_train, ctx.cfg.train, choose_path=ctx.supernet.sample_active,
+          checkpoint_path=ctx.checkpoint, resume=ctx.resume, desc="supernet", progress=ctx.progress,
+          on_step=ctx.on_step)
+
+
+def build_search_model(cfg: PoolingSearchConfig, spec: ModelSpec) -> PoolingSuperNet | MixtureOfSuperNets:
+    """One supernet, or a mixture of them when the search asks for one."""
+    if cfg.mixture is None:
+        return build_supernet(cfg.space, spec)
+    return MixtureOfSuperNets(cfg.space, spec, cfg.mixture)
+
+
+def select_candidates(space: PoolingSpace, max_candidates: int | None, seed: int) -> list[PoolingConfig]:
+    """Every configuration, or a seeded uniform subset (always including the default)."""
+    configs = space.configurations()
+    if max_candidates is None or max_candidates >= len(configs):
+        return configs
+    rng = random.Random(seed)
+    default = space.default_config()
+    chosen = {default} | set(rng.sample(configs, max_candidates - 1))
+    while len(chosen) < max_candidates:
+        chosen.add(rng.choice(configs))
+    return sorted(chosen, key=space.index)
+
+
+def candidate_row(space: PoolingSpace, config: PoolingConfig, data: DataSplits) -> dict[str, Any]:
+    """The FLOPs / params / identity columns of a results row (no accuracy yet)."""
+    return {
+        "candidate": str(space.index(config)),
+        "label": space.describe(config),
+        "config": ",".join(str(p) for p in config.positions),
+        "flops": pooling_flops(space, config, data.input_size, data.in_chans, data.num_classes),
+        "params": pooling_params(space, data.in_chans, data.num_classes),
+    }
+
+
+# --------------------------------------------------------------------------- backends' view
+class PoolingTask(CandidateTask):
+    """The pooling placements of a search as evaluation backends see them (see
+    :mod:`stitchnas.search.candidates`). ``supernet`` and ``eval_cfg`` are needed to score, not to
+    describe. The Optuna encoding is the k downsampling positions, one integer each over the
+    allowed layers; a configuration is their sorted set, repeated positions an invalid
+    suggestion (on the 455-configuration ResNet-50 space this gave TPE and NSGA-II a higher
+    hypervolume after 50 evaluations than the FLOPs-rank encoding of other tasks)."""
+
+    def __init__(self, space: PoolingSpace, data: DataSplits, supernet: PoolingSuperNet | None = None,
+                 eval_cfg: EvalConfig | None = None) -> None:
+        self.space, self.data, self.supernet, self.eval_cfg = space, data, supernet, eval_cfg
+
+    def __len__(self) -> int:
+        return len(self.space)
+
+    def describe(self, index: int) -> str:
+        return self.space.describe(self.space.config(index))
+
+    def row(self, index: int) -> dict[str, Any]:
+        return candidate_row(self.space, self.space.config(index), self.data)
+
+    def flops(self, index: int) -> int:
+        return pooling_flops(self.space, self.space.config(index), self.data.input_size, self.data.in_chans,
+                             self.data.num_classes)
+
+    def default_index(self) -> int:
+        return self.space.index(self.space.default_config())
+
+    def sample(self, size: int, seed: int) -> list[int]:
+        return [self.space.index(c) for c in select_candidates(self.space, size, seed)]
+
+    def evaluator(self) -> "PoolingEvaluator":
+        if self.supernet is None or self.eval_cfg is None:
+            raise ValueError("pooling task: scoring needs the trained supernet and an evaluation config")
+        return PoolingEvaluator(
+            key=uuid.uuid4().hex, space=self.space.to_json(),
+            spec=(self.data.in_chans, self.data.num_classes), eval_cfg=self.eval_cfg.to_json(),
+            weights={k: v.detach().cpu().clone() for k, v in self.supernet.state_dict().items()},
+            calib=tuple(compact(t) for t in self.data.search_train.tensors),
+            val=tuple(compact(t) for t in self.data.search_val.tensors),
+        )
+
+    def distributions(self) -> dict[str, Any]:
+        return optuna_distributions(self.space)
+
+    def decode(self, params: dict[str, Any]) -> int | None:
+        config = decode_positions(self.space, params)
+        return None if config is None else self.space.index(config)
+
+    def encode(self, index: int) -> dict[str, Any]:
+        return encode_positions(self.space.config(index))
+
+
+@dataclass(frozen=True)
+class PoolingEvaluator(CandidateEvaluator):
+    """Plain data that rebuilds the trained supernet and scores a placement on it, with
+    BatchNorm handled per configuration as ``eval_cfg`` says."""
+
+    key: str
+    space: dict[str, Any]
+    spec: tuple[int, int]  # (in_chans, num_classes)
+    eval_cfg: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    calib: tuple[torch.Tensor, ...]
+    val: tuple[torch.Tensor, ...]
+
+    def prepare(self, device: str) -> Callable[[int], float]:
+        space = PoolingSpace.from_json(self.space)
+        supernet = build_supernet(space, ModelSpec(*self.spec))
+        supernet.load_state_dict(self.weights)
+        eval_cfg = EvalConfig(**{**self.eval_cfg, "device": device})
+        calib = torch.utils.data.TensorDataset(*self.calib)
+        val = torch.utils.data.TensorDataset(*self.val)
+        return lambda index: evaluate_path(supernet, space.config(index), calib, val, eval_cfg)
+
+
+def optuna_distributions(space: PoolingSpace) -> dict[str, Any]:
+    """One integer per downsampling, each over every allowed layer."""
+    from optuna.distributions import IntDistribution
+
+    low, high = space.first_position, space.num_layers - 1
+    return {f"p{i}": IntDistribution(low, high) for i in range(space.num_downsamples)}
+
+
+def decode_positions(space: PoolingSpace, params: dict[str, Any]) -> PoolingConfig | None:
+    """The configuration whose positions are the sorted parameters; None if two coincide."""
+    positions = sorted(int(params[f"p{i}"]) for i in range(space.num_downsamples))
+    if len(set(positions)) != len(positions):
+        return None
+    config = PoolingConfig(tuple(positions))
+    space.validate(config)
+    return config
+
+
+def encode_positions(config: PoolingConfig) -> dict[str, int]:
+    return {f"p{i}": int(p) for i, p in enumerate(config.positions)}
+
+
+def export_pooling_candidate(
+    folder: Path,
+    supernet: PoolingSuperNet,
+    space: PoolingSpace,
+    config: PoolingConfig,
+    data: DataSplits,
+    cfg: PoolingSearchConfig,
+    provenance: Provenance,
+    search_val_acc: float | None = None,
+) -> Path:
+    """Export one configuration's standalone network with supernet weights.
+
+    BatchNorm statistics are always re-estimated for the exported path (deployment runs in
+    eval mode, whatever mode the search scored with). The recorded accuracies are measured on
+    the exported module itself, so ``load_model`` reproduces them exactly.
+    """
+    model = prepare_path(supernet, config, data.search_train, replace(cfg.eval, bn_mode="recalibrate"))
+    return _export_pooling_model(folder, model, space, config, data, cfg.eval, provenance,
+                                 {"search_val_acc": search_val_acc})
+
+
+def _export_pooling_model(folder: Path, model: nn.Module, space: PoolingSpace, config: PoolingConfig,
+                          data: DataSplits, eval_cfg: EvalConfig, provenance: Provenance,
+                          extra_metrics: dict[str, Any], val_is_held_out: bool = True) -> Path:
+    metrics = {k: v for k, v in extra_metrics.items() if v is not None}
+    # A model trained on the full training split has seen search_val: no validation figure then.
+    if val_is_held_out:
+        metrics["val_acc"] = accuracy(model, data.search_val, eval_cfg.batch_size, eval_cfg.device)
+    metrics["test_acc"] = accuracy(model, data.test, eval_cfg.batch_size, eval_cfg.device)
+    body = {
+        "space": space.to_json(),
+        "config": config.to_json(),
+        "notation": list(space.notation(config)),
+        "model": {"spec": {"in_chans": data.in_chans, "num_classes": data.num_classes}, "input_size": data.input_size},
+        "flops": pooling_flops(space, config, data.input_size, data.in_chans, data.num_classes),
+        "params": pooling_params(space, data.in_chans, data.num_classes),
+        "metrics": metrics,
+    }
+    export_model(folder, model, "pooling", body, provenance)
+    return folder
+
+
+def export_dir_name(space: PoolingSpace, config: PoolingConfig) -> str:
+    return f"{space.index(config):04d}_" + "-".join(str(c) for c in space.notation(config))
+
+
+class PoolingMethod(SearchMethod):
+    """The pooling search as a :class:`~stitchnas.search.pipeline.SearchMethod` (SPOS, or a
+    supernet mixture when ``cfg.mixture`` is set: see :mod:`stitchnas.methods.bms`)."""
+
+    checkpoint_file = SUPERNET_CHECKPOINT
+
+    def __init__(self, cfg: PoolingSearchConfig, trainer: SupernetTrainer = train_supernet) -> None:
+        if cfg.mixture is not None and type(self) is PoolingMethod:
+            raise ValueError("pooling search: the config has a 'mixture'; use stitchnas.methods.bms.MixtureMethod")
+        self.cfg, self.trainer = cfg, trainer
+
+    @classmethod
+    def from_run_config(cls, raw: Any) -> "PoolingMethod":
+        return cls(PoolingSearchConfig.from_json(raw))
+
+    def run_config(self) -> dict[str, Any]:
+        return self.cfg.to_json()
+
+    @property
+    def hv_reference(self) -> str:
+        return self.cfg.hv_reference
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.train.seed
+
+    @property
+    def device(self) -> str:
+        return self.cfg.train.device
+
+    @property
+    def export_front(self) -> bool:
+        return self.cfg.export_front
+
+    @property
+    def subset_size(self) -> int | None:
+        return self.cfg.max_candidates
+
+    def load_data(self) -> DataSplits:
+        data = load_data(self.cfg.data)
+        self.cfg.space.check_input_size(data.input_size)
+        return data
+
+    def build(self, data: DataSplits) -> nn.Module:
+        torch.manual_seed(self.cfg.train.seed)
+        return build_search_model(self.cfg, ModelSpec(data.in_chans, data.num_classes))
+
+    def train(self, network: nn.Module, ctx: TrainContext) -> None:
+        assert isinstance(network, (PoolingSuperNet, MixtureOfSuperNets))
+        self.trainer(SupernetTraining(network, ctx.data, self.cfg, ctx.checkpoint, ctx.out_dir, ctx.resume,
+                                      ctx.progress, ctx.on_step))
+
+    def load_trained(self, run_dir: Path, data: DataSplits) -> nn.Module:
+        network = build_search_model(self.cfg, ModelSpec(data.in_chans, data.num_classes))
+        ckpt = Path(run_dir) / SUPERNET_CHECKPOINT
+        state = load_checkpoint(ckpt)
+        if not isinstance(state.get("model"), dict):
+            raise ValueError(f"checkpoint {ckpt}: not a supernet checkpoint (no 'model' state dict)")
+        network.load_state_dict(state["model"])
+        return network.eval()
+
+    def task(self, network: nn.Module, data: DataSplits) -> CandidateTask:
+        assert isinstance(network, PoolingSuperNet)
+        return PoolingTask(self.cfg.space, data, network, self.cfg.eval)
+
+    def candidates(self, task: CandidateTask) -> list[int]:
+        return [self.cfg.space.index(c) for c in select_candidates(self.cfg.space, self.cfg.max_candidates,
+                                                                     self.cfg.train.seed)]
+
+    def title(self, network: nn.Module, data: DataSplits, what: str) -> str:
+        return f"{self.cfg.space.name} pooling placements on {data.name}"
+
+    def trained_label(self) -> str:
+        return f"{self.cfg.train.epochs} epochs"
+
+    def provenance(self, run_dir: Path) -> Provenance:
+        return Provenance(source="supernet", run_dir=str(Path(run_dir).resolve()),
+                          checkpoint_sha256=file_sha256(Path(run_dir) / SUPERNET_CHECKPOINT),
+                          **data_fields(self.cfg.data))
+
+    def export_dir_name(self, network: nn.Module, index: int) -> str:
+        return export_dir_name(self.cfg.space, self.cfg.space.config(index))
+
+    def export(self, folder: Path, network: nn.Module, index: int, data: DataSplits, provenance: Provenance,
+               search_val_acc: float | None = None) -> Path:
+        assert isinstance(network, (PoolingSuperNet, MixtureOfSuperNets))
+        return export_pooling_candidate(folder, network, self.cfg.space, self.cfg.space.config(index), data,
+                                        self.cfg, provenance, search_val_acc)
+
+    def parse_candidate(self, network: nn.Module, text: int | str) -> int:
+        return self.cfg.space.index(self.cfg.space.parse_config(str(text)))
+
+
+def train_standalone(
+    space: PoolingSpace,
+    config: PoolingConfig,
+    data_spec: DataSpec,
+    train_cfg: TrainConfig,
+    out_dir: str | Path,
+    eval_cfg: EvalConfig = EvalConfig(),
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train one configuration from scratch and export it (ground truth and deployment)."""
+    from supernet.networks import build_model
+
+    run_config = {"kind": "pooling_train", "space": space.to_json(), "config": config.to_json(),
+                  "data": asdict(data_spec), "train": train_cfg.to_json()}
+    out = prepare_run_dir(out_dir, run_config, resume)
+    data = load_data(data_spec)
+    space.check_input_size(data.input_size)
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(space, config, ModelSpec(data.in_chans, data.num_classes))
+    ckpt = out / "model_checkpoint.pt"
+    train(model, data.train, train_cfg, checkpoint_path=ckpt, resume=resume,
+          desc=f"train {space.describe(config)}", progress=progress)
+    provenance = Provenance(source="standalone", run_dir=str(out.resolve()), checkpoint_sha256=file_sha256(ckpt),
+                            **data_fields(data_spec))
+    folder = out / "model"
+    _export_pooling_model(folder, model, space, config, data, eval_cfg, provenance, {}, val_is_held_out=False)
+    log.info("trained model exported to %s", folder)
+    return folder
+

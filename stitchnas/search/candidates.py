@@ -1,0 +1,237 @@
+"""What an evaluation backend needs to know about one search, whatever is being searched.
+
+Every search in stitchnas ends the same way: a fixed set of candidates, indexed ``0..N-1``, is
+scored on ``search_val`` and written one row per candidate to the run's ``results.csv``. A
+:class:`CandidateTask` describes that set for a backend (pooling placements of a supernet,
+SN-Net / SN-Netv2 stitches, Learngene descendants): the identity, FLOPs and parameter columns of
+a row, a seeded subset, the Optuna encoding of a candidate, and a picklable
+:class:`CandidateEvaluator` that rebuilds the scorer wherever it runs (this process or a Ray
+worker). :class:`CandidateJob` is one evaluation request: a task, the table to fill and which
+candidates to score. :func:`evaluate_in_process` is the plain backend; the Ray Tune backend is
+:meth:`stitchnas.backends.tune.RayTuneStage.evaluate`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from stitchnas.core.io import ResultsTable
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+#: Errors a candidate may raise without stopping the search: it gets a ``failed`` row.
+CANDIDATE_ERRORS: tuple[type[Exception], ...] = (RuntimeError, ValueError, FloatingPointError)
+
+#: Files an evaluation backend keeps in a run folder besides ``results.csv`` (the search it ran
+#: and its summary); a re-evaluation from a clean table removes them with it.
+SEARCH_STATE_FILE = "search.json"
+SEARCH_SUMMARY_FILE = "tune_summary.json"
+
+
+
+@dataclass(frozen=True)
+class Score:
+    """A candidate's score with method-specific extras the driver records (plain JSON values,
+    e.g. a mixture's accuracy on every supernet); a scorer may return a bare float instead."""
+
+    val_acc: float
+    extra: dict[str, Any]
+
+
+Scorer = Callable[[int], "float | Score"]
+
+
+def split_score(result: float | Score) -> tuple[float, dict[str, Any] | None]:
+    """``(val_acc, extra or None)`` of what a scorer returned."""
+    if isinstance(result, Score):
+        return float(result.val_acc), result.extra
+    return float(result), None
+
+
+class CandidateEvaluator(ABC):
+    """Scores candidates by index. It is pickled once per search into Ray's object store, so it
+    holds plain data (tensors, configs, a CPU module) and builds the scorer in :meth:`prepare`.
+
+    ``key`` is unique per search: a Ray worker that already prepared this evaluator (a reused
+    actor) keeps the prepared scorer instead of rebuilding the model for every trial.
+    """
+
+    key: str
+
+    @abstractmethod
+    def prepare(self, device: str) -> Scorer:
+        """Build the model on ``device`` and return ``index -> accuracy in percent``."""
+
+
+@dataclass(frozen=True)
+class LookupEvaluator(CandidateEvaluator):
+    """Tabular mode for benchmarks: accuracies come from a ``{index: accuracy}`` table (e.g. an
+    earlier exhaustive run), so samplers can be compared at the cost of a lookup."""
+
+    key: str
+    table: dict[int, float]
+
+    def prepare(self, device: str) -> Scorer:
+        return lambda index: float(self.table[index])
+
+
+class CandidateTask(ABC):
+    """One search's candidate set, indexed ``0..len-1``, as backends see it.
+
+    The default Optuna encoding is one integer, the candidate's rank by FLOPs: samplers then
+    see neighbours of similar cost, an ordinal structure a bare index lacks. Tasks with a
+    natural structure (pooling positions) override the three encoding methods.
+    """
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def describe(self, index: int) -> str:
+        """A short human label of candidate ``index`` (logs, the ``label`` column)."""
+
+    @abstractmethod
+    def row(self, index: int) -> dict[str, Any]:
+        """The ``candidate``, ``label``, ``config``, ``flops`` and ``params`` columns."""
+
+    @abstractmethod
+    def evaluator(self) -> CandidateEvaluator:
+        """A picklable evaluator of this task's candidates."""
+
+    @abstractmethod
+    def flops(self, index: int) -> int:
+        """Analytic FLOPs of candidate ``index`` (fvcore's convention)."""
+
+    def default_index(self) -> int:
+        """The candidate a seeded subset always contains (the preset / largest model)."""
+        return max(range(len(self)), key=self.flops)
+
+    def sample(self, size: int, seed: int) -> list[int]:
+        """A seeded subset of ``size`` candidates, always with :meth:`default_index`, sorted."""
+        if size >= len(self):
+            return list(range(len(self)))
+        rng = random.Random(seed)
+        default = self.default_index()
+        others = [i for i in range(len(self)) if i != default]
+        return sorted([default, *rng.sample(others, size - 1)])
+
+    # ---------------------------------------------------------------- Optuna encoding
+    @functools.cached_property
+    def flops_order(self) -> list[int]:
+        """Candidate indices from the cheapest to the dearest (ties by index)."""
+        return sorted(range(len(self)), key=lambda i: (self.flops(i), i))
+
+    def distributions(self) -> dict[str, Any]:
+        from optuna.distributions import IntDistribution
+
+        return {"flops_rank": IntDistribution(0, len(self) - 1)}
+
+    def decode(self, params: dict[str, Any]) -> int | None:
+        """The candidate an Optuna suggestion names; None for an invalid suggestion."""
+        return self.flops_order[int(params["flops_rank"])]
+
+    def encode(self, index: int) -> dict[str, Any]:
+        return {"flops_rank": self.flops_order.index(index)}
+
+    # ---------------------------------------------------------------- driver hook
+    def on_scored(self, index: int, extra: dict[str, Any]) -> None:
+        """Called in the driver process (whatever the backend) with the extras of a
+        :class:`Score`, before the candidate's row is written. Does nothing by default."""
+
+
+@dataclass
+class CandidateJob:
+    """One evaluation request: score ``candidates`` of ``task`` into ``table``.
+
+    Attributes:
+        task: The candidate set.
+        table: The run's results table (rows already there are not scored again).
+        candidates: Indices to score in process or by ``exhaustive`` search.
+        out_dir: The run folder (backends keep their own state there).
+        seed: The run's seed (seeded subsets, samplers).
+        subset_size: Set when ``candidates`` is a seeded subset the user asked for (so a
+            backend's ``random`` search can check it agrees with its budget).
+        progress: Show progress bars.
+        device: Where :func:`evaluate_in_process` scores (a Ray backend picks its own).
+    """
+
+    task: CandidateTask
+    table: ResultsTable
+    candidates: list[int]
+    out_dir: Path
+    seed: int = 0
+    subset_size: int | None = None
+    progress: bool = True
+    device: str = "cpu"
+
+
+EvaluationBackend = Callable[[CandidateJob], None]
+
+
+def clear_results(out_dir: Path, results_file: str) -> None:
+    """Start a re-evaluation from a clean table (and no record of an earlier search)."""
+    for name in (results_file, SEARCH_STATE_FILE, SEARCH_SUMMARY_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def evaluate_in_process(job: CandidateJob) -> None:
+    """Score every candidate of ``job`` not yet in its table, one after another, in this
+    process; a failing candidate gets a ``failed`` row and the search goes on."""
+    todo = pending(job.table, job.candidates)
+    if todo:  # a finished (resumed) job builds no model
+        score_candidates(job.table, job.task, todo, job.task.evaluator().prepare(job.device), job.progress)
+
+
+def pending(table: ResultsTable, candidates: Sequence[int]) -> list[int]:
+    """The candidates without a row in ``table`` yet (logs how many are done)."""
+    done = table.done_keys("candidate")
+    todo = [i for i in candidates if str(i) not in done]
+    if len(todo) < len(candidates):
+        log.info("%d of %d candidates already evaluated", len(candidates) - len(todo), len(candidates))
+    return todo
+
+
+def score_candidates(table: ResultsTable, task: CandidateTask, candidates: Sequence[int], score: Scorer,
+                     progress: bool = True) -> None:
+    """Score each candidate and append its row; one that raises a :data:`CANDIDATE_ERRORS`
+    error gets a ``failed`` row with the error, and the rest go on."""
+    for index in tqdm(candidates, desc="candidates", unit="cand", disable=not progress, leave=False):
+        row = task.row(index)
+        start = time.perf_counter()
+        try:
+            val_acc, extra = split_score(score(index))
+            if extra is not None:
+                task.on_scored(index, extra)
+            row.update(val_acc=val_acc, status="ok", error="")
+        except CANDIDATE_ERRORS as err:
+            row.update(val_acc=float("nan"), status="failed", error=f"{type(err).__name__}: {err}")
+            log.warning("candidate %s failed: %s", row["label"], row["error"])
+        row["seconds"] = round(time.perf_counter() - start, 4)
+        table.append(row)
+
+
+def compact(tensor: "torch.Tensor") -> "torch.Tensor":
+    """``tensor`` itself if it owns its whole storage, else a copy: pickling a view (a slice
+    of a larger data set) would ship the whole storage to every Ray worker."""
+    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+        return tensor.detach().clone()
+    return tensor.detach()
+
+
+__all__: Sequence[str] = [
+    "CANDIDATE_ERRORS", "CandidateEvaluator", "CandidateJob", "CandidateTask", "EvaluationBackend",
+    "LookupEvaluator", "SEARCH_STATE_FILE", "SEARCH_SUMMARY_FILE", "Score", "Scorer", "clear_results", "compact",
+    "evaluate_in_process", "pending", "score_candidates", "split_score",
+]

@@ -1,0 +1,191 @@
+"""Ground truth for ranking studies: train configurations standalone with one fixed recipe.
+
+Each (configuration, seed) pair is trained from scratch on the full training split and tested
+on the test split. Its row is written to ``truth.csv`` as soon as it finishes, so an
+interrupted run resumes without redoing or losing finished rows. The data split is the same
+for every seed (``DataSpec.seed``); only initialisation and batch order change with the seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from searchspace.pooling import PoolingConfig, PoolingSpace
+from stitchnas.data import DataSpec, load_data
+from supernet.flops import pooling_flops
+from stitchnas.core.io import ResultsTable, atomic_write_text, read_json
+from stitchnas.core.runs import prepare_run_dir
+from stitchnas.core.evaluation import accuracy
+from supernet.networks import ModelSpec, build_model
+from supernet.training import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+TRUTH_FILE = "truth.csv"
+TRUTH_COLUMNS = ("key", "candidate", "label", "seed", "flops", "test_acc", "train_acc", "seconds")
+
+
+@dataclass(frozen=True)
+class TruthConfig:
+    space: PoolingSpace
+    data: DataSpec
+    train: TrainConfig
+    seeds: tuple[int, ...] = (0, 1)
+    candidates: tuple[int, ...] | None = None  # configuration indices; None = all
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("ground truth 'seeds': expected at least one seed")
+        if self.candidates is not None:
+            for i in self.candidates:
+                self.space.config(i)  # validates the index
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "pooling_truth", "space": self.space.to_json(), "data": asdict(self.data),
+                "train": self.train.to_json(), "seeds": list(self.seeds),
+                "candidates": list(self.candidates) if self.candidates is not None else None}
+
+    def configurations(self) -> list[PoolingConfig]:
+        if self.candidates is None:
+            return self.space.configurations()
+        return [self.space.config(i) for i in self.candidates]
+
+
+def run_ground_truth(cfg: TruthConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train every (configuration, seed) pair not yet in ``truth.csv``; returns the folder."""
+    out = prepare_run_dir(out_dir, cfg.to_json(), resume)
+    data = load_data(cfg.data)
+    cfg.space.check_input_size(data.input_size)
+    spec = ModelSpec(data.in_chans, data.num_classes)
+    table = ResultsTable(out / TRUTH_FILE, TRUTH_COLUMNS)
+    done = table.done_keys("key")
+    jobs = [(c, s) for c in cfg.configurations() for s in cfg.seeds if f"{cfg.space.index(c)}:{s}" not in done]
+    log.info("ground truth: %d runs to do, %d already done (%s)", len(jobs), len(done), out / TRUTH_FILE)
+    for config, seed in tqdm(jobs, desc="ground truth", unit="run", disable=not progress):
+        start = time.perf_counter()
+        train_cfg = replace(cfg.train, seed=seed)
+        torch.manual_seed(seed)
+        model = build_model(cfg.space, config, spec)
+        history = train(model, data.train, train_cfg, progress=False)
+        index = cfg.space.index(config)
+        table.append({
+            "key": f"{index}:{seed}", "candidate": str(index), "label": cfg.space.describe(config), "seed": seed,
+            "flops": pooling_flops(cfg.space, config, data.input_size, data.in_chans, data.num_classes),
+            "test_acc": accuracy(model, data.test, device=train_cfg.device),
+            "train_acc": history.epochs[-1]["train_acc"],
+            "seconds": round(time.perf_counter() - start, 2),
+        })
+    write_summary(out)
+    return out
+
+
+def write_summary(out: Path) -> Path:
+    """``truth_summary.csv``: mean and standard deviation over seeds per configuration."""
+    import pandas as pd
+
+    rows = pd.read_csv(out / TRUTH_FILE)
+    summary = (rows.groupby(["candidate", "label", "flops"], as_index=False)["test_acc"]
+               .agg(test_acc="mean", test_std="std", seeds="count")
+               .sort_values("candidate"))
+    path = out / "truth_summary.csv"
+    atomic_write_text(path, summary.to_csv(index=False))
+    return path
+
+
+def read_truth_rows(paths: str | Path | Sequence[str | Path], space: PoolingSpace | None = None):
+    """All rows of one or more ground-truth folders (e.g. one per seed) as a DataFrame.
+
+    With ``space``, every folder must have been made for that space.
+    """
+    import pandas as pd
+
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise ValueError("ground truth: expected at least one folder")
+    frames = []
+    for path in map(Path, paths):
+        folder = path if path.is_dir() else path.parent
+        table_path = folder / TRUTH_FILE
+        if not table_path.exists():
+            raise ValueError(f"ground truth {table_path}: file not found (expected a 'stitchnas truth' folder)")
+        run = read_json(folder / "run_config.json", "ground-truth run config")
+        if space is not None:
+            truth_space = PoolingSpace.from_json(run["space"])
+            if truth_space != space:
+                raise ValueError(
+                    f"ground truth {folder}: made for space {truth_space.name!r} ({truth_space.dumps()}), "
+                    f"not for the search's space {space.name!r}"
+                )
+        frames.append(pd.read_csv(table_path))
+    rows = pd.concat(frames, ignore_index=True)
+    # Folders may overlap (two workers meeting in the middle of one list): training is
+    # deterministic, so a repeated (configuration, seed) must repeat its accuracy exactly.
+    repeated = rows[rows["key"].duplicated(keep=False)]
+    if not repeated.groupby("key")["test_acc"].nunique().le(1).all():
+        raise ValueError(f"ground truth {', '.join(map(str, paths))}: one (configuration, seed) has different accuracies")
+    return rows.drop_duplicates("key").reset_index(drop=True)
+
+
+def load_truth(paths: str | Path | Sequence[str | Path], space: PoolingSpace | None = None,
+               complete: bool = True) -> dict[str, float]:
+    """Mean test accuracy per candidate over one or more ground-truth folders.
+
+    With ``space``, the tables must come from that space and (unless ``complete`` is False)
+    cover all of its configurations.
+    """
+    rows = read_truth_rows(paths, space)
+    folder = ", ".join(map(str, [paths] if isinstance(paths, (str, Path)) else paths))
+    means = rows.groupby("candidate")["test_acc"].mean()
+    truth = {str(k): float(v) for k, v in means.items() if math.isfinite(v)}
+    if space is not None and complete:
+        missing = [str(i) for i in range(len(space)) if str(i) not in truth]
+        if missing:
+            shown = ", ".join(space.describe(space.config(int(m))) for m in missing[:5])
+            raise ValueError(
+                f"ground truth {folder}: {len(missing)} of {len(space)} configurations missing ({shown}"
+                f"{', ...' if len(missing) > 5 else ''}); finish it with --resume or pass a complete table"
+            )
+    return truth
+
+
+def seed_noise(paths: str | Path | Sequence[str | Path]) -> dict[str, float]:
+    """Spread across configurations against noise across seeds, in accuracy points."""
+    rows = read_truth_rows(paths)
+    means = rows.groupby("candidate")["test_acc"].mean()
+    # Seed noise only from configurations trained with more than one seed.
+    repeated = rows.groupby("candidate").filter(lambda g: len(g) > 1).groupby("candidate")["test_acc"]
+    ranges = repeated.max() - repeated.min()
+    by_seed = rows.pivot_table(index="candidate", columns="seed", values="test_acc")
+    return {
+        "configs": int(len(means)),
+        "configs_with_seeds": int(repeated.ngroups),
+        "spread": float(means.max() - means.min()),
+        "mean_seed_std": float(repeated.std().mean()) if repeated.ngroups else float("nan"),
+        "max_seed_range": float(ranges.max()) if repeated.ngroups else float("nan"),
+        "mean_seed_range": float(ranges.mean()) if repeated.ngroups else float("nan"),
+        "seed_kendall_tau": seed_agreement(by_seed),
+    }
+
+
+def seed_agreement(by_seed) -> float:
+    """Mean Kendall tau between the rankings two seeds give (over every pair of seeds and the
+    configurations both trained; NaN with fewer than two seeds). How well the ground truth
+    agrees with itself: a search's tau against it can hardly exceed this by much."""
+    from itertools import combinations
+
+    from stitchnas.studies.ranking import kendall_tau
+
+    taus = []
+    for a, b in combinations(by_seed.columns, 2):
+        both = by_seed[[a, b]].dropna()
+        if len(both) >= 3:
+            taus.append(kendall_tau(both[a].tolist(), both[b].tolist()))
+    return float(sum(taus) / len(taus)) if taus else float("nan")
