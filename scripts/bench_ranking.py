@@ -60,7 +60,8 @@ def bn_mode_comparison(run: Path, truth_dirs: list[str]) -> tuple[float, float]:
     from supernet.evaluation import evaluate_path
     from supernet.networks import ModelSpec, build_supernet
 
-    cfg = PoolingSearchConfig.from_json(read_json(run / "run_config.json", "run config"))
+    path = run / "run_config.json"
+    cfg = PoolingSearchConfig.from_json(read_json(path, "run config"), f"run config {path}")
     data = load_data(cfg.data)
     supernet = build_supernet(cfg.space, ModelSpec(data.in_chans, data.num_classes))
     supernet.load_state_dict(load_checkpoint(run / "supernet.pt")["model"])

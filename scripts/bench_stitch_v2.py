@@ -26,7 +26,6 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def train_two_anchors(out: Path, data_spec: DataSpec, train: StitchTrainConfig) -> list[Any]:
     """The two anchors as an anchors folder (``anchors.json`` + ``.pth``), trained once."""
-    settings = {"data": asdict(data_spec), "train": train.to_json(), "presets": list(PRESETS)}
+    settings = {"data": data_spec.to_json(), "train": train.to_json(), "presets": list(PRESETS)}
     manifest_path = out / MANIFEST_FILE
     if manifest_path.exists():
         manifest = read_json(manifest_path, "anchors manifest")

@@ -17,8 +17,9 @@ import itertools
 import json
 import math
 import random
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 DownsampleOp = Literal["maxpool", "avgpool", "conv"]
 BlockType = Literal["basic", "bottleneck"]
@@ -38,7 +39,7 @@ class PoolingConfig:
         return {"positions": list(self.positions)}
 
     @classmethod
-    def from_json(cls, data: Any) -> "PoolingConfig":
+    def from_json(cls, data: Any) -> PoolingConfig:
         if not isinstance(data, dict) or "positions" not in data:
             raise ValueError(f"pooling config: expected an object with 'positions', got {data!r}")
         positions = data["positions"]
@@ -248,7 +249,7 @@ class PoolingSpace:
         return data
 
     @classmethod
-    def from_json(cls, data: Any) -> "PoolingSpace":
+    def from_json(cls, data: Any) -> PoolingSpace:
         if not isinstance(data, dict):
             raise ValueError(f"pooling space: expected a JSON object, got {type(data).__name__}")
         if data.get("kind", "pooling") != "pooling":
@@ -272,7 +273,7 @@ class PoolingSpace:
     def dumps(self) -> str:
         return json.dumps(self.to_json(), sort_keys=True)
 
-    def with_options(self, **changes: Any) -> "PoolingSpace":
+    def with_options(self, **changes: Any) -> PoolingSpace:
         """A copy with some fields replaced (validated again)."""
         data = asdict(self)
         data.update(changes)
@@ -336,11 +337,16 @@ def resnet50_space(downsample: DownsampleOp = "conv", width_scale: float = 0.125
     )
 
 
-SPACE_PRESETS = {"resnet20": resnet20_space, "resnet18": resnet18_space, "resnet50": resnet50_space}
+SPACE_PRESETS: dict[str, Callable[..., PoolingSpace]] = {
+    "resnet20": resnet20_space, "resnet18": resnet18_space, "resnet50": resnet50_space,
+}
 
 
 def create_space(name: str, **overrides: Any) -> PoolingSpace:
     """Build a preset space by name; unknown names list the known ones."""
     if name not in SPACE_PRESETS:
         raise ValueError(f"space {name!r}: unknown, expected one of {sorted(SPACE_PRESETS)}")
+    scale = overrides.get("width_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"space {name!r} 'width_scale': expected a finite number > 0, got {scale!r}")
     return SPACE_PRESETS[name](**overrides)

@@ -20,9 +20,10 @@ import bisect
 import math
 import numbers
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal, Sequence
+from typing import Literal
 
 Weighting = Literal["uniform", "linear"]
 

@@ -34,9 +34,10 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 STITCH_FORMAT_VERSION = 1
 
@@ -108,7 +109,7 @@ class StitchConfig:
         return {"id": self.id, "route": [list(seg) for seg in self.route], "windows": list(self.windows)}
 
     @classmethod
-    def from_json(cls, data: Any) -> "StitchConfig":
+    def from_json(cls, data: Any) -> StitchConfig:
         if not isinstance(data, dict) or not {"id", "route"} <= set(data):
             raise ValueError(f"stitch config: expected an object with 'id' and 'route', got {data!r}")
         route = data["route"]
@@ -232,8 +233,11 @@ class RouteTable:
     ``validate`` and ``to_json``.
     """
 
-    _configs: tuple[StitchConfig, ...]
     names: tuple[str, ...]
+
+    @property
+    def _configs(self) -> tuple[StitchConfig, ...]:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def validate(self, config: StitchConfig | int) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -385,7 +389,9 @@ class StitchSpace(RouteTable):
         """Routes through ``seq``; a middle segment must keep at least one block (SN-Net's
         ``middle_id >= last_out_id``)."""
 
-        def extend(i: int, start: int, route: tuple[Segment, ...], windows: tuple[int, ...]):
+        def extend(
+            i: int, start: int, route: tuple[Segment, ...], windows: tuple[int, ...]
+        ) -> Iterator[tuple[tuple[Segment, ...], tuple[int, ...]]]:
             a, b = seq[i], seq[i + 1]
             pair = self.pair_stitching(a, b)
             for (j, k), w in zip(pair.positions, pair.windows):
@@ -439,7 +445,7 @@ class StitchSpace(RouteTable):
         }
 
     @classmethod
-    def from_json(cls, data: Any) -> "StitchSpace":
+    def from_json(cls, data: Any) -> StitchSpace:
         if not isinstance(data, dict):
             raise ValueError(f"stitch space: expected a JSON object, got {type(data).__name__}")
         if data.get("kind") != "stitch":

@@ -54,9 +54,10 @@ Pure Python: no torch here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from searchspace.stitch import RouteTable, Segment, StitchConfig
 
@@ -284,7 +285,7 @@ class StitchSpaceV2(RouteTable):
         }
 
     @classmethod
-    def from_json(cls, data: Any) -> "StitchSpaceV2":
+    def from_json(cls, data: Any) -> StitchSpaceV2:
         if not isinstance(data, dict):
             raise ValueError(f"stitch_v2 space: expected a JSON object, got {type(data).__name__}")
         if data.get("kind") != "stitch_v2":

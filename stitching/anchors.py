@@ -16,25 +16,24 @@ instead.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
-
-from torch import nn
+from typing import Any
 
 from stitching.cnn import RESNET_PRESETS, create_resnet
 from stitching.flops import anchor_flops
-from stitching.snnet import build_anchor
+from stitching.snnet import AnchorModel, StitchAnchor, build_anchor
 from stitching.vit import VIT_PRESETS, create_vit, load_checkpoint
 from stitchnas.core.io import file_sha256, read_versioned_json
-from stitchnas.core.records import ANCHORS_FORMAT, ANCHORS_FORMAT_VERSION, AnchorManifest, from_json
+from stitchnas.core.records import ANCHORS_FORMAT, ANCHORS_FORMAT_VERSION, AnchorManifest, from_json, to_json
 
 MANIFEST_FILE = "anchors.json"
 MANIFEST_FORMAT = ANCHORS_FORMAT
 MANIFEST_VERSION = ANCHORS_FORMAT_VERSION
 
 
-def create_anchor(preset: str, **overrides: Any) -> nn.Module:
+def create_anchor(preset: str, **overrides: Any) -> AnchorModel:
     """A ViT or ResNet preset by name; an unknown name lists every known one."""
     try:
         if preset in VIT_PRESETS:
@@ -57,13 +56,11 @@ class AnchorRef:
     sha256: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "config": dict(self.config), "path": self.path, "sha256": self.sha256}
+        return to_json(self)
 
     @classmethod
-    def from_json(cls, data: Any) -> "AnchorRef":
-        if not isinstance(data, dict) or not {"name", "config", "path"} <= set(data):
-            raise ValueError(f"anchor reference: expected an object with name, config and path, got {data!r}")
-        return cls(str(data["name"]), dict(data["config"]), str(data["path"]), str(data.get("sha256", "")))
+    def from_json(cls, data: Any, where: str = "anchor reference") -> AnchorRef:
+        return from_json(cls, data, where)
 
 
 # --------------------------------------------------------------------------- finding anchors
@@ -116,7 +113,7 @@ def _sha_if_exists(path: Path) -> str:
     return file_sha256(path) if path.is_file() else ""  # a missing file is reported on load
 
 
-def load_anchors(refs: Sequence[AnchorRef]) -> list[nn.Module]:
+def load_anchors(refs: Sequence[AnchorRef]) -> list[AnchorModel]:
     """Build every anchor from its config and load its weights strictly (a wrong file fails
     with one line naming it, the first wrong key and both shapes)."""
     anchors = []
@@ -127,7 +124,7 @@ def load_anchors(refs: Sequence[AnchorRef]) -> list[nn.Module]:
     return anchors
 
 
-def check_anchor_data(anchors: Sequence[nn.Module], names: Sequence[str], data: Any) -> None:
+def check_anchor_data(anchors: Sequence[StitchAnchor], names: Sequence[str], data: Any) -> None:
     """Raise ValueError unless every anchor takes the data's images and predicts its classes.
 
     ``data`` is any object with ``name``, ``in_chans``, ``input_size`` and ``num_classes``

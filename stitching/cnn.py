@@ -12,10 +12,13 @@ each of three stages) suit 16x16 one-channel digits.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
+
+from stitching.layers import LayerKind
 
 RESNET_FAMILY = "resnet"
 
@@ -69,7 +72,7 @@ class ResNetAnchor(nn.Module):
     """ResNet-style anchor with the partial forwards SN-Net needs."""
 
     family = RESNET_FAMILY
-    stitch_layer_kind = "conv"  # 1x1 convolution between anchors
+    stitch_layer_kind: LayerKind = "conv"  # 1x1 convolution between anchors
 
     def __init__(
         self,
@@ -92,7 +95,7 @@ class ResNetAnchor(nn.Module):
                 raise ValueError(f"resnet '{key}': expected positive ints, got {values!r}")
         if num_classes < 0:
             raise ValueError(f"resnet 'num_classes': expected >= 0, got {num_classes}")
-        self._config = dict(
+        self._config: dict[str, Any] = dict(
             family=RESNET_FAMILY, widths=list(widths), stage_depths=list(stage_depths), in_chans=in_chans,
             num_classes=num_classes, img_size=img_size, stem_stride=stem_stride,
         )

@@ -21,15 +21,19 @@ anchors agree exactly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from searchspace.stitch import StitchConfig
-from stitchnas.core.flops import fvcore_flops  # noqa: F401  (re-exported: one fvcore wrapper for all models)
 from stitching.cnn import RESNET_FAMILY
 from stitching.vit import VIT_FAMILY
+from stitchnas.core.flops import fvcore_flops  # noqa: F401  (re-exported: one fvcore wrapper for all models)
+
+if TYPE_CHECKING:
+    from stitching.snnet import SNNet
 
 
 @dataclass(frozen=True)
@@ -128,14 +132,14 @@ def route_flops(anchors: Sequence[nn.Module | dict[str, Any]], config: StitchCon
     return total * batch_size
 
 
-def config_flops(snnet: nn.Module, config: StitchConfig | int | None = None, batch_size: int = 1) -> int:
+def config_flops(snnet: SNNet, config: StitchConfig | int | None = None, batch_size: int = 1) -> int:
     """Analytic FLOPs of a configuration of an :class:`~stitching.snnet.SNNet` (default: active)."""
     return route_flops(list(snnet.anchors), snnet.resolve(config), batch_size)
 
 
-def flops_table(snnet: nn.Module, batch_size: int = 1) -> list[int]:
+def flops_table(snnet: SNNet, batch_size: int = 1) -> list[int]:
     """Analytic FLOPs of every configuration, indexed by configuration id (microseconds each)."""
-    anchors = [a.config for a in snnet.anchors]
+    anchors = [snnet.anchor(i).config for i in range(len(snnet.anchors))]
     return [route_flops(anchors, c, batch_size) for c in snnet.space]
 
 

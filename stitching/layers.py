@@ -10,7 +10,8 @@ positions of a window and averages W and b over them.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -71,7 +72,8 @@ class StitchingLayer(nn.Module):
         if in_dim < 1 or out_dim < 1:
             raise ValueError(f"stitching layer dims: expected positive ints, got {in_dim} -> {out_dim}")
         self.in_dim, self.out_dim, self.kind = in_dim, out_dim, kind
-        self.transform: nn.Module = nn.Linear(in_dim, out_dim) if kind == "linear" else nn.Conv2d(in_dim, out_dim, 1)
+        self.transform: nn.Linear | nn.Conv2d = (nn.Linear(in_dim, out_dim) if kind == "linear"
+                                                 else nn.Conv2d(in_dim, out_dim, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.transform(x)
@@ -84,9 +86,10 @@ class StitchingLayer(nn.Module):
                 f"stitching layer weight: expected ({self.out_dim}, {self.in_dim}) and ({self.out_dim},), "
                 f"got {tuple(weight.shape)} and {tuple(bias.shape)}"
             )
-        w = self.transform.weight
+        w, b = self.transform.weight, self.transform.bias
+        assert b is not None  # both transforms are built with a bias
         w.copy_(weight.reshape(w.shape).to(w.dtype))
-        self.transform.bias.copy_(bias.to(w.dtype))
+        b.copy_(bias.to(w.dtype))
 
     def init_least_squares(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Fit the layer so that ``layer(a) ~ b`` (a: front activations, b: end-anchor input)."""

@@ -45,8 +45,9 @@ init (:meth:`~stitching.snnet.SNNet.init_stitching_layers`) remains available as
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Sequence, Union
+from typing import Any, Literal, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -55,10 +56,11 @@ from torch import nn
 from searchspace.stitch import StitchSpace
 from stitching.snnet import SNNet, anchor_space, build_anchor
 from stitching.vit import VIT_FAMILY, VisionTransformer
+from stitchnas.core import records
 
 POOL_SPACE_NAME = "learngene_pool"
 MatchRule = Literal["end", "front_end"]
-Matches = Union[str, tuple[tuple[int, int], ...]]
+Matches = str | tuple[tuple[int, int], ...]
 MATCH_RULES: tuple[str, ...] = ("end", "front_end")
 
 
@@ -85,7 +87,7 @@ class StudentSpec:
             )
 
     @classmethod
-    def parse(cls, text: str) -> "StudentSpec":
+    def parse(cls, text: str) -> StudentSpec:
         """``NAME:DIM:HEADS:DEPTH``, e.g. ``tiny:32:2:6``."""
         parts = text.split(":")
         if len(parts) != 4 or not all(p.strip().isdigit() for p in parts[1:]):
@@ -93,13 +95,11 @@ class StudentSpec:
         return cls(parts[0], int(parts[1]), int(parts[2]), int(parts[3]))
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "embed_dim": self.embed_dim, "num_heads": self.num_heads, "depth": self.depth}
+        return records.to_json(self)
 
     @classmethod
-    def from_json(cls, data: Any) -> "StudentSpec":
-        if not isinstance(data, dict) or set(data) != {"name", "embed_dim", "num_heads", "depth"}:
-            raise ValueError(f"student: expected an object with name, embed_dim, num_heads, depth, got {data!r}")
-        return cls(**data)
+    def from_json(cls, data: Any, where: str = "student") -> StudentSpec:
+        return records.from_json(cls, data, where)
 
 
 def _check_teacher(teacher_config: dict[str, Any]) -> None:
@@ -201,9 +201,10 @@ class TransformationMatrices(nn.Module):
         if count < 1:
             raise ValueError(f"transformation matrices 'count': expected >= 1, got {count}")
         self.teacher_dim, self.student_dim = teacher_dim, student_dim
-        self.maps = nn.ModuleList(nn.Linear(teacher_dim, student_dim, bias=False) for _ in range(count))
+        maps = [nn.Linear(teacher_dim, student_dim, bias=False) for _ in range(count)]
+        self.maps = nn.ModuleList(maps)
         with torch.no_grad():
-            for m in self.maps:
+            for m in maps:
                 # orthonormal rows: P^T P is a projection, so the transposed map keeps scale
                 if student_dim == teacher_dim:
                     m.weight.copy_(torch.eye(teacher_dim))
@@ -215,7 +216,7 @@ class TransformationMatrices(nn.Module):
 
     def mean_weight(self) -> torch.Tensor:
         """The average matrix, shape (student_dim, teacher_dim)."""
-        return torch.stack([m.weight for m in self.maps]).mean(0)
+        return torch.stack([cast(nn.Linear, m).weight for m in self.maps]).mean(0)  # maps holds nn.Linear only
 
 
 def soft_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -282,6 +283,14 @@ class LearngeneDistiller(nn.Module):
             TransformationMatrices(self.teacher_dim, s.embed_dim, len(m)) for s, m in zip(students, self.matches)
         )
 
+    def student(self, index: int) -> VisionTransformer:
+        """Student ``index`` (``students[index]``), typed."""
+        return cast(VisionTransformer, self.students[index])  # __init__ fills students with make_student's ViTs
+
+    def student_matrices(self, index: int) -> TransformationMatrices:
+        """Student ``index``'s transformation matrices (``matrices[index]``), typed."""
+        return cast(TransformationMatrices, self.matrices[index])  # as __init__ builds them
+
     def index(self, name: str) -> int:
         for i, spec in enumerate(self.specs):
             if spec.name == name:
@@ -294,11 +303,12 @@ class LearngeneDistiller(nn.Module):
     ) -> list[LearngeneLoss]:
         """One loss per student; ``teacher_features`` is the teacher's ``block_features(x)``."""
         losses = []
-        for student, mats, pairs in zip(self.students, self.matrices, self.matches):
+        for i, pairs in enumerate(self.matches):
+            student, mats = self.student(i), self.student_matrices(i)
             feats = student.block_features(x)  # index 0: embedding, i + 1: block i
             logits = student.forward_norm_head(feats[-1])
             ours = [feats[s + 1] for _, s in pairs]
-            theirs = [mats(i, teacher_features[t + 1]) for i, (t, _) in enumerate(pairs)]
+            theirs = [mats(j, teacher_features[t + 1]) for j, (t, _) in enumerate(pairs)]
             losses.append(learngene_loss(logits, teacher_logits, labels, ours, theirs, self.alpha, self.temperature))
         return losses
 
@@ -317,7 +327,7 @@ def descendant_count(depths: Sequence[int], kernel_size: int = 2, stride: int = 
 
 
 def build_pool(
-    students: Sequence[nn.Module], names: Sequence[str] | None = None, kernel_size: int = 2, stride: int = 1
+    students: Sequence[VisionTransformer], names: Sequence[str] | None = None, kernel_size: int = 2, stride: int = 1
 ) -> SNNet:
     """The descendants of ``students`` (ordered narrow -> wide): each student alone plus the
     SN-Net paired stitches between neighbours (for two students: narrow -> wide only)."""

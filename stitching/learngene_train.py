@@ -19,17 +19,20 @@ epoch boundaries, so a resumed run replays the uninterrupted one exactly.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from stitching.learngene import LearngeneDistiller, Matches, StudentSpec, matched_blocks, student_config
-from stitching.snnet import SNNet
+from stitching.snnet import AnchorModel, SNNet, StitchAnchor
 from stitching.trainer import StitchTrainConfig, build_optimizer, learning_rate, train_network
+from stitchnas.core import records
 from stitchnas.core.checkpoints import EpochCheckpoint
+from stitchnas.core.records import check_finite
 from stitchnas.core.training import Epoch, FitOptions, TensorBatches, TrainHistory, autocast, fit, resolve_device
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ class DistillConfig:
     train_matrices: bool = True
 
     def __post_init__(self) -> None:
+        check_finite(self, "learngene distill config")
         object.__setattr__(self, "students", tuple(self.students))
         if not self.students:
             raise ValueError("learngene distillation 'students': expected at least one auxiliary student, got none")
@@ -85,20 +89,11 @@ class DistillConfig:
             matched_blocks(self.matches, teacher_config["depth"], spec.depth)
 
     def to_json(self) -> dict[str, Any]:
-        matches = self.matches if isinstance(self.matches, str) else [list(p) for p in self.matches]
-        return {"students": [s.to_json() for s in self.students], "matches": matches, "alpha": self.alpha,
-                "temperature": self.temperature, "train": self.train.to_json(), "train_matrices": self.train_matrices}
+        return records.to_json(self)
 
     @classmethod
-    def from_json(cls, data: Any) -> "DistillConfig":
-        if not isinstance(data, dict) or not {"students", "matches", "alpha", "temperature", "train"} <= set(data):
-            raise ValueError(f"learngene distillation config: malformed, got {data!r}")
-        matches = data["matches"]
-        return cls(students=tuple(StudentSpec.from_json(s) for s in data["students"]),
-                   matches=matches if isinstance(matches, str) else tuple(tuple(p) for p in matches),
-                   alpha=data["alpha"], temperature=data["temperature"],
-                   train=StitchTrainConfig.from_json(data["train"]),
-                   train_matrices=bool(data.get("train_matrices", True)))
+    def from_json(cls, data: Any, where: str = "learngene distillation config") -> DistillConfig:
+        return records.from_json(cls, data, where)
 
 
 def build_distiller(teacher_config: dict[str, Any], cfg: DistillConfig) -> LearngeneDistiller:
@@ -116,7 +111,7 @@ def distill_param_groups(distiller: LearngeneDistiller, weight_decay: float,
 
 
 @torch.no_grad()
-def teacher_outputs(teacher: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+def teacher_outputs(teacher: StitchAnchor, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The teacher's block features (embedding first) and logits for one batch."""
     feats = teacher.block_features(x)
     return feats, teacher.forward_norm_head(feats[-1])
@@ -124,7 +119,7 @@ def teacher_outputs(teacher: nn.Module, x: torch.Tensor) -> tuple[list[torch.Ten
 
 def distill_students(
     distiller: LearngeneDistiller,
-    teacher: nn.Module,
+    teacher: AnchorModel,
     train_data: torch.utils.data.TensorDataset,
     cfg: DistillConfig,
     checkpoint_path: str | Path | None = None,
@@ -177,7 +172,7 @@ def distill_students(
                 losses = distiller(x, y, feats, t_logits)
             total = sum(part.total for part in losses)
             optimizer.zero_grad(set_to_none=True)
-            total.backward()  # type: ignore[union-attr]
+            total.backward()
             optimizer.step()
             seen += len(y)
             parts = {key: float(sum(getattr(p, field_name).detach() for p in losses))

@@ -20,6 +20,8 @@ rounding of ``W + dW - dW``), as in loralib.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,8 @@ class LowRankStitchingLayer(StitchingLayer):
         kind: ``"linear"`` (tokens) or ``"conv"`` (feature maps, 1x1).
         rank: ``r``, between 1 and ``min(in_dim, out_dim)`` (SN-Netv2: 64 on ImageNet).
     """
+
+    merged: torch.Tensor  # bool buffer, registered in __init__
 
     def __init__(self, in_dim: int, out_dim: int, kind: LayerKind = "linear", rank: int = 64) -> None:
         super().__init__(in_dim, out_dim, kind)
@@ -66,7 +70,7 @@ class LowRankStitchingLayer(StitchingLayer):
         self.merged.fill_(value)
         self._merged = value
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._merged = bool(self.merged)
 
@@ -96,7 +100,7 @@ class LowRankStitchingLayer(StitchingLayer):
             w.sub_(self.delta_weight().reshape(w.shape).to(w.dtype))
             self._set_merged(False)
 
-    def train(self, mode: bool = True) -> "LowRankStitchingLayer":
+    def train(self, mode: bool = True) -> LowRankStitchingLayer:
         """Train mode unmerges (the update gets gradients again), eval mode merges."""
         super().train(mode)
         if mode:
@@ -130,7 +134,9 @@ class LowRankStitchingLayer(StitchingLayer):
         """A plain :class:`StitchingLayer` computing the merged map (for export)."""
         weight = self.transform.weight
         plain = StitchingLayer(self.in_dim, self.out_dim, self.kind).to(device=weight.device, dtype=weight.dtype)
-        plain.set_weight_bias(self.merged_weight(), self.transform.bias.detach())
+        bias = self.transform.bias
+        assert bias is not None  # both transforms are built with a bias
+        plain.set_weight_bias(self.merged_weight(), bias.detach())
         return plain.train(self.training)
 
     def extra_repr(self) -> str:

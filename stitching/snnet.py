@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import copy
 import random
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -34,21 +35,69 @@ _ANCHOR_API = ("embed", "blocks", "forward_blocks", "forward_norm_head", "block_
                "stage_depths", "stitch_signature", "config", "export_embed", "export_tail", "stitch_layer_kind")
 
 
-def _build_vit(config: dict[str, Any]) -> nn.Module:
+class StitchTail(Protocol):
+    """What an anchor's ``export_tail()`` returns: an ``nn.Module`` with the final norm and head."""
+
+    def forward_norm(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+
+class StitchAnchor(Protocol):
+    """The anchor API SN-Net uses (``_ANCHOR_API``; see the module docstring). Anchors are
+    ``nn.Module`` objects; :func:`check_compatible` checks they have all of it."""
+
+    @property
+    def blocks(self) -> nn.ModuleList: ...
+
+    @property
+    def config(self) -> dict[str, Any]: ...
+
+    @property
+    def stage_depths(self) -> tuple[int, ...]: ...
+
+    @property
+    def feature_dims(self) -> tuple[int, ...]: ...
+
+    @property
+    def stitch_layer_kind(self) -> LayerKind: ...
+
+    def stitch_signature(self) -> dict[str, Any]: ...
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_blocks(self, x: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor: ...
+
+    def forward_norm_head(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def block_features(self, x: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def export_embed(self) -> nn.Module: ...
+
+    def export_tail(self) -> StitchTail: ...
+
+
+AnchorModel = VisionTransformer | ResNetAnchor
+"""The anchors this project builds (:data:`ANCHOR_BUILDERS`); both are :class:`StitchAnchor`."""
+
+
+def _build_vit(config: dict[str, Any]) -> VisionTransformer:
     return VisionTransformer(**{k: v for k, v in config.items() if k != "family"})
 
 
-def _build_resnet(config: dict[str, Any]) -> nn.Module:
+def _build_resnet(config: dict[str, Any]) -> ResNetAnchor:
     return ResNetAnchor(**{k: v for k, v in config.items() if k != "family"})
 
 
-ANCHOR_BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
+ANCHOR_BUILDERS: dict[str, Callable[[dict[str, Any]], AnchorModel]] = {
     VIT_FAMILY: _build_vit,
     RESNET_FAMILY: _build_resnet,
 }
 
 
-def build_anchor(config: dict[str, Any]) -> nn.Module:
+def build_anchor(config: dict[str, Any]) -> AnchorModel:
     """Rebuild an anchor from its ``config`` dict (dispatching on ``family``)."""
     family = config.get("family") if isinstance(config, dict) else None
     if family not in ANCHOR_BUILDERS:
@@ -59,9 +108,9 @@ def build_anchor(config: dict[str, Any]) -> nn.Module:
         raise ValueError(f"anchor config: bad fields for family {family!r} ({err})") from err
 
 
-def check_compatible(anchors: Sequence[nn.Module], names: Sequence[str] | None = None) -> None:
+def check_compatible(anchors: Sequence[nn.Module], names: Sequence[str] | None = None) -> list[StitchAnchor]:
     """Raise ValueError unless every anchor is stitchable and matches anchor 0's family,
-    input, resolution schedule and classes."""
+    input, resolution schedule and classes; return the anchors, typed by that API."""
     names = list(names) if names is not None else [f"anchor{i}" for i in range(len(anchors))]
     if len(anchors) < 1:
         raise ValueError("snnet 'anchors': expected at least one anchor, got none")
@@ -69,15 +118,17 @@ def check_compatible(anchors: Sequence[nn.Module], names: Sequence[str] | None =
         missing = [attr for attr in _ANCHOR_API if not hasattr(anchor, attr)]
         if missing:
             raise ValueError(f"anchor {i} ({names[i]}, {type(anchor).__name__}): not stitchable, missing {missing}")
-    ref = anchors[0].stitch_signature()
-    for i, anchor in enumerate(anchors[1:], start=1):
-        sig = anchor.stitch_signature()
+    stitchable = [cast(StitchAnchor, a) for a in anchors]  # each has the whole API (checked just above)
+    ref = stitchable[0].stitch_signature()
+    for i, other in enumerate(stitchable[1:], start=1):
+        sig = other.stitch_signature()
         for key in ["family"] + [k for k in ref if k != "family"]:
             if sig.get(key) != ref[key]:
                 raise ValueError(
                     f"anchor {i} ({names[i]}): {key} {sig.get(key)!r} does not match "
                     f"anchor 0 ({names[0]})'s {ref[key]!r}"
                 )
+    return stitchable
 
 
 def anchor_space(
@@ -85,10 +136,10 @@ def anchor_space(
     kernel_size: int = 2, stride: int = 1, name: str = "snnet",
 ) -> StitchSpace:
     """The stitch space of ``anchors`` (ordered small -> large); checks they can be stitched."""
-    check_compatible(anchors, names)
-    stages = tuple(tuple(a.stage_depths) for a in anchors)
+    stitchable = check_compatible(anchors, names)
+    stages = tuple(tuple(a.stage_depths) for a in stitchable)
     return StitchSpace(
-        depths=tuple(len(a.blocks) for a in anchors), names=tuple(names or ()),
+        depths=tuple(len(a.blocks) for a in stitchable), names=tuple(names or ()),
         stage_depths=stages if any(len(s) > 1 for s in stages) else None,
         nearest=nearest, kernel_size=kernel_size, stride=stride, name=name,
     )
@@ -107,10 +158,10 @@ class SNNet(nn.Module):
         layer_factory: Callable[[int, int, LayerKind], StitchingLayer] | None = None,
     ) -> None:
         super().__init__()
-        check_compatible(anchors, space.names if len(space.names) == len(anchors) else None)
+        stitchable = check_compatible(anchors, space.names if len(space.names) == len(anchors) else None)
         if len(anchors) != space.num_anchors:
             raise ValueError(f"snnet 'space': has {space.num_anchors} anchors, got {len(anchors)} models")
-        for i, anchor in enumerate(anchors):
+        for i, anchor in enumerate(stitchable):
             if tuple(anchor.stage_depths) != space.stages_of(i):
                 raise ValueError(
                     f"snnet 'space': anchor {i} ({space.names[i]}) has stage depths {list(anchor.stage_depths)}, "
@@ -123,17 +174,21 @@ class SNNet(nn.Module):
         make_layer = layer_factory if layer_factory is not None else StitchingLayer
         for key, spec in self._specs.items():
             in_dim, out_dim = self._layer_dims(spec.in_anchor, spec.out_anchor, spec.positions)
-            self.stitch_layers[key] = make_layer(in_dim, out_dim, anchors[spec.in_anchor].stitch_layer_kind)
+            self.stitch_layers[key] = make_layer(in_dim, out_dim, stitchable[spec.in_anchor].stitch_layer_kind)
         self._active = space.config(0)
 
     @classmethod
     def from_anchors(
         cls, anchors: Sequence[nn.Module], names: Sequence[str] | None = None, **space_kwargs: Any
-    ) -> "SNNet":
+    ) -> SNNet:
         return cls(anchors, anchor_space(anchors, names, **space_kwargs))
 
+    def anchor(self, index: int) -> StitchAnchor:
+        """Anchor ``index`` (``self.anchors[index]``), typed by its stitching API."""
+        return cast(StitchAnchor, self.anchors[index])  # __init__ checked every anchor has the API
+
     def _layer_dims(self, a: int, b: int, positions: Sequence[tuple[int, int]]) -> tuple[int, int]:
-        dims = {(self.anchors[a].feature_dims[j + 1], self.anchors[b].feature_dims[k]) for j, k in positions}
+        dims = {(self.anchor(a).feature_dims[j + 1], self.anchor(b).feature_dims[k]) for j, k in positions}
         if len(dims) != 1:
             raise ValueError(
                 f"snnet: positions {list(positions)} of one stitching layer {a}->{b} "
@@ -161,19 +216,20 @@ class SNNet(nn.Module):
         return self._active.to_json()
 
     def stitching_layer(self, in_anchor: int, out_anchor: int, window: int) -> StitchingLayer:
-        return self.stitch_layers[f"{in_anchor}_{out_anchor}_{window}"]
+        layer = self.stitch_layers[f"{in_anchor}_{out_anchor}_{window}"]
+        return cast(StitchingLayer, layer)  # every entry was built by a StitchingLayer factory in __init__
 
     # ----------------------------------------------------------------- forward
     def forward_route(self, x: torch.Tensor, config: StitchConfig) -> torch.Tensor:
         """Logits of ``config``'s path: first anchor's embedding, blocks and stitching layers
         along the route, last anchor's norm + head."""
         route = config.route
-        x = self.anchors[route[0].anchor].embed(x)
+        x = self.anchor(route[0].anchor).embed(x)
         for i, seg in enumerate(route):
             if i > 0:
                 x = self.stitching_layer(route[i - 1].anchor, seg.anchor, config.windows[i - 1])(x)
-            x = self.anchors[seg.anchor].forward_blocks(x, seg.first, seg.last + 1)
-        return self.anchors[route[-1].anchor].forward_norm_head(x)
+            x = self.anchor(seg.anchor).forward_blocks(x, seg.first, seg.last + 1)
+        return self.anchor(route[-1].anchor).forward_norm_head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_route(x, self._active)
@@ -192,7 +248,7 @@ class SNNet(nn.Module):
         modes = [a.training for a in self.anchors]
         try:
             self.anchors.eval()
-            feats = {a: self.anchors[a].block_features(x) for a in used}
+            feats = {a: self.anchor(a).block_features(x) for a in used}
         finally:
             for anchor, mode in zip(self.anchors, modes):
                 anchor.train(mode)
@@ -215,7 +271,8 @@ class SNNet(nn.Module):
                     sums[key] = [w, b]
                 counts[key] = counts.get(key, 0) + 1
         for key, (w, b) in sums.items():
-            self.stitch_layers[key].set_weight_bias(w / counts[key], b / counts[key])
+            layer = cast(StitchingLayer, self.stitch_layers[key])  # built by a StitchingLayer factory in __init__
+            layer.set_weight_bias(w / counts[key], b / counts[key])
 
     # ----------------------------------------------------------------- parameters
     def anchor_parameters(self) -> list[nn.Parameter]:
@@ -235,11 +292,10 @@ class SNNet(nn.Module):
         """Parameters on a configuration's path (default: the active one), as exported: a
         low-rank stitching layer counts as the plain layer it merges into (its ``transform``)."""
         config = self.resolve(config)
-        anchors = self.anchors
-        total = sum(p.numel() for p in anchors[config.route[0].anchor].export_embed().parameters())
-        total += sum(p.numel() for p in anchors[config.route[-1].anchor].export_tail().parameters())
+        total = sum(p.numel() for p in self.anchor(config.route[0].anchor).export_embed().parameters())
+        total += sum(p.numel() for p in self.anchor(config.route[-1].anchor).export_tail().parameters())
         for seg in config.route:
-            blocks = anchors[seg.anchor].blocks[seg.first:seg.last + 1]
+            blocks = self.anchor(seg.anchor).blocks[seg.first:seg.last + 1]
             total += sum(p.numel() for blk in blocks for p in blk.parameters())
         for a, b, _, _, w in config.junctions():
             total += sum(p.numel() for p in self.stitching_layer(a, b, w).transform.parameters())
@@ -255,13 +311,13 @@ class SNNet(nn.Module):
         return self.space.config(config)
 
     # ----------------------------------------------------------------- export
-    def export_active(self, preserve_weight: bool = True) -> "StitchedModel":
+    def export_active(self, preserve_weight: bool = True) -> StitchedModel:
         """A standalone module for the active path (weights copied unless ``preserve_weight``
         is False, which gives a freshly initialised model of the same shape)."""
         cfg = stitched_model_config(self)
         if not preserve_weight:
             return build_stitched_model(cfg)
-        anchors = {seg.anchor: self.anchors[seg.anchor] for seg in self._active.route}
+        anchors = {seg.anchor: self.anchor(seg.anchor) for seg in self._active.route}
         stitches = [_plain_copy(self.stitching_layer(a, b, w)) for a, b, _, _, w in self._active.junctions()]
         model = _assemble(cfg, anchors, stitches, copy_blocks=True)
         return model.train(self.training)
@@ -278,10 +334,10 @@ def stitched_model_config(snnet: SNNet, config: StitchConfig | int | None = None
     """JSON-able description of one configuration's standalone model (no weights)."""
     config = snnet.resolve(config)
     space = snnet.space
-    family = snnet.anchors[0].stitch_signature()["family"]
+    family = snnet.anchor(0).stitch_signature()["family"]
     segments = [
         {"anchor": s.anchor, "name": space.names[s.anchor], "first": s.first, "last": s.last,
-         "model": snnet.anchors[s.anchor].config}
+         "model": snnet.anchor(s.anchor).config}
         for s in config.route
     ]
     stitches = []
@@ -303,7 +359,7 @@ def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where:
     return data[key]
 
 
-def build_stitched_model(config: dict[str, Any]) -> "StitchedModel":
+def build_stitched_model(config: dict[str, Any]) -> StitchedModel:
     """Rebuild (freshly initialised) the model described by :func:`stitched_model_config`;
     load its state dict to get the exported weights back."""
     if not isinstance(config, dict):
@@ -322,7 +378,7 @@ def build_stitched_model(config: dict[str, Any]) -> "StitchedModel":
             f"stitched model config 'stitches': expected {max(len(segments) - 1, 0)} (one per junction), "
             f"got {len(stitches)}"
         )
-    anchors: dict[int, nn.Module] = {}
+    anchors: dict[int, AnchorModel] = {}
     for i, seg in enumerate(segments):
         if not isinstance(seg, dict):
             raise ValueError(f"stitched model config 'segments[{i}]': expected an object, got {seg!r}")
@@ -341,8 +397,8 @@ def build_stitched_model(config: dict[str, Any]) -> "StitchedModel":
 
 
 def _assemble(
-    config: dict[str, Any], anchors: dict[int, nn.Module], stitches: list[StitchingLayer], copy_blocks: bool
-) -> "StitchedModel":
+    config: dict[str, Any], anchors: Mapping[int, StitchAnchor], stitches: list[StitchingLayer], copy_blocks: bool
+) -> StitchedModel:
     take = copy.deepcopy if copy_blocks else (lambda m: m)
     segs = config["segments"]
     blocks = []
@@ -366,7 +422,7 @@ class StitchedModel(nn.Module):
 
     def __init__(
         self, embed: nn.Module, segments: Sequence[Sequence[nn.Module]], stitch_layers: Sequence[StitchingLayer],
-        tail: nn.Module, config: dict[str, Any],
+        tail: StitchTail, config: dict[str, Any],
     ) -> None:
         super().__init__()
         if len(stitch_layers) != len(segments) - 1:
@@ -392,7 +448,7 @@ class StitchedModel(nn.Module):
         for i, seg in enumerate(self.segments):
             if i > 0:
                 x = self.stitch_layers[i - 1](x)
-            for blk in seg:
+            for blk in cast(nn.ModuleList, seg):  # __init__ builds every segment as a ModuleList
                 x = blk(x)
                 inter.append(x)
         return self.tail.forward_norm(x), inter
@@ -402,7 +458,7 @@ class StitchedModel(nn.Module):
         for i, seg in enumerate(self.segments):
             if i > 0:
                 x = self.stitch_layers[i - 1](x)
-            for blk in seg:
+            for blk in cast(nn.ModuleList, seg):  # __init__ builds every segment as a ModuleList
                 x = blk(x)
         return self.tail.forward_norm(x)
 

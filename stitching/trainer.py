@@ -22,18 +22,29 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from searchspace.samplers import ConfigSampler, FlopsGroupedSampler, UniformSampler
+from stitchnas.core import records
 from stitchnas.core.checkpoints import EpochCheckpoint
+from stitchnas.core.records import check_finite
 from stitchnas.core.training import (
-    Epoch, FitOptions, TensorBatches, TrainHistory, autocast, cosine_lr, epoch_rng, fit, resolve_device,
+    Epoch,
+    FitOptions,
+    TensorBatches,
+    TrainHistory,
+    autocast,
+    cosine_lr,
+    epoch_rng,
+    fit,
+    resolve_device,
 )
 
 log = logging.getLogger(__name__)
@@ -52,16 +63,6 @@ ROS_WEIGHTINGS: tuple[str, ...] = ("uniform", "linear")
 AUTO_GAP_STEPS = 24
 
 _TORCH_STREAM = 2  # generator stream for torch's global RNG (drop path); 0/1 are used elsewhere
-
-
-def _config_from_json(cls: type, data: Any, what: str) -> Any:
-    """``cls(**data)`` for a JSON object holding only ``cls``'s fields; one-line errors otherwise."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{what}: expected a JSON object, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"{what}: unknown fields {unknown}")
-    return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class StitchTrainConfig:
     amp: bool = True  # bf16 autocast, used only on CUDA
 
     def __post_init__(self) -> None:
+        check_finite(self, "stitch train config")
         for name in ("epochs", "warmup_epochs", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -118,11 +120,11 @@ class StitchTrainConfig:
             )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return records.to_json(self)
 
     @classmethod
-    def from_json(cls, data: Any) -> "StitchTrainConfig":
-        return _config_from_json(cls, data, "stitch train config")
+    def from_json(cls, data: Any, where: str = "stitch train config") -> StitchTrainConfig:
+        return records.from_json(cls, data, where)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ class SamplingConfig:
     flops_gap_mflops: float | None = None
     weighting: Literal["uniform", "linear"] = "uniform"
     k: float = 1.0
+
+    json_keep_none: ClassVar[bool] = True  # "flops_gap_mflops": null, as run configs always had it
 
     def __post_init__(self) -> None:
         if self.kind not in SAMPLERS:
@@ -179,11 +183,11 @@ class SamplingConfig:
         return FlopsGroupedSampler(tuple(flops), self.gap_flops(flops), self.weighting, self.k)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return records.to_json(self)
 
     @classmethod
-    def from_json(cls, data: Any) -> "SamplingConfig":
-        return _config_from_json(cls, data, "sampling config")
+    def from_json(cls, data: Any, where: str = "sampling config") -> SamplingConfig:
+        return records.from_json(cls, data, where)
 
 
 def learning_rate(cfg: StitchTrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -208,8 +212,9 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
 def param_groups(model: nn.Module, cfg: StitchTrainConfig) -> list[dict[str, Any]]:
     """Optimizer groups: an SN-Net's anchors (``lr_scale = anchor_lr_scale``) apart from its
     stitching layers (``lr_scale = 1``); any other model is one group."""
-    if hasattr(model, "param_groups") and hasattr(model, "stitch_layers"):
-        groups = model.param_groups(anchor_lr=cfg.lr * cfg.anchor_lr_scale, stitch_lr=cfg.lr)
+    make_groups: Any = getattr(model, "param_groups", None)  # duck-typed: SNNet.param_groups
+    if make_groups is not None and hasattr(model, "stitch_layers"):
+        groups = make_groups(anchor_lr=cfg.lr * cfg.anchor_lr_scale, stitch_lr=cfg.lr)
         for group in groups:
             group["lr_scale"] = cfg.anchor_lr_scale if group["name"] == "anchors" else 1.0
         return groups
@@ -263,7 +268,8 @@ def train_network(
     """
     if choose is not None and sampler is not None:
         raise ValueError("train_network: pass either 'choose' or 'sampler', not both")
-    if sampler is not None and not callable(getattr(model, "set_active", None)):
+    set_active: Any = getattr(model, "set_active", None)  # duck-typed: e.g. SNNet.set_active
+    if sampler is not None and not callable(set_active):
         raise ValueError(f"train_network 'sampler': the model ({type(model).__name__}) has no set_active")
     device = resolve_device(cfg.device)
     model.to(device)
@@ -276,7 +282,8 @@ def train_network(
     steps_per_epoch = batches.num_batches(cfg.batch_size, drop_last=True)
     total_steps = cfg.epochs * steps_per_epoch
     checkpoint = EpochCheckpoint(Path(checkpoint_path) if checkpoint_path is not None else None,
-                                 {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "train_config": cfg.to_json()},
+                                 {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION,
+                                  "train_config": cfg.to_json()},
                                  desc)
 
     def run_epoch(epoch: Epoch) -> dict[str, Any]:
@@ -288,7 +295,7 @@ def train_network(
                 choose(rng)
             elif sampler is not None:
                 drawn.append(sampler.sample(rng))
-                model.set_active(drawn[-1])
+                set_active(drawn[-1])
             lr = learning_rate(cfg, epoch.index * steps_per_epoch + i, total_steps, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
@@ -334,7 +341,7 @@ def sampled_configs(num_configs: int, cfg: StitchTrainConfig, steps_per_epoch: i
     generator) with ``sampler``, or by default with ``SNNet.sample_active`` (uniform), without
     training anything."""
     sampler = sampler if sampler is not None else UniformSampler(num_configs)
-    ids = []
+    ids: list[int] = []
     for epoch in epochs if epochs is not None else range(cfg.epochs):
         rng = epoch_rng(cfg.seed, epoch)
         ids.extend(sampler.sample(rng) for _ in range(steps_per_epoch))

@@ -17,12 +17,15 @@ patches + class token; 32/48/64 dims, 2/3/4 heads, depth 12, so three of them gi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from stitching.layers import LayerKind
 
 VIT_FAMILY = "vit"
 
@@ -149,7 +152,7 @@ class VisionTransformer(nn.Module):
     """timm-compatible ViT with class-token pooling (see the module docstring)."""
 
     family = VIT_FAMILY
-    stitch_layer_kind = "linear"  # token-wise linear between anchors
+    stitch_layer_kind: LayerKind = "linear"  # token-wise linear between anchors
 
     def __init__(
         self,
@@ -175,7 +178,7 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"vit 'num_heads': {num_heads} does not divide embed_dim {embed_dim}")
         if num_classes < 0:
             raise ValueError(f"vit 'num_classes': expected >= 0, got {num_classes}")
-        self._config = dict(
+        self._config: dict[str, Any] = dict(
             family=VIT_FAMILY, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
             num_classes=num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
             mlp_ratio=float(mlp_ratio), qkv_bias=qkv_bias, drop_path_rate=float(drop_path_rate),
@@ -396,9 +399,12 @@ def load_checkpoint(model: nn.Module, path: str | Path, filter_fn: Callable[...,
     """
     path = Path(path)
     raw = _read_state_dict(path)
-    if filter_fn is None:
-        filter_fn = checkpoint_filter_fn if isinstance(model, VisionTransformer) else _unwrap
-    state = filter_fn(raw, model)
+    if filter_fn is not None:
+        state = filter_fn(raw, model)
+    elif isinstance(model, VisionTransformer):
+        state = checkpoint_filter_fn(raw, model)
+    else:
+        state = _unwrap(raw, model)
     expected = model.state_dict()
     for key, value in expected.items():
         if key not in state:

@@ -76,4 +76,31 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "AnchorRef",
+    "AnchorTrainConfig",
+    "DataSpec",
+    "EvalConfig",
+    "LearngeneDistillRunConfig",
+    "LearngenePoolConfig",
+    "MixtureConfig",
+    "PoolingSearchConfig",
+    "ResultRow",
+    "SamplingConfig",
+    "SearchResult",
+    "StitchSearchConfig",
+    "StitchTrainConfig",
+    "TrainConfig",
+    "TuneOptions",
+    "__version__",
+    "distill",
+    "evaluate_run",
+    "export_from_run",
+    "export_model",
+    "load_model",
+    "read_anchor_folder",
+    "read_model_record",
+    "run_search",
+    "train_anchors",
+    "train_standalone",
+]

@@ -20,8 +20,9 @@ line and the other way round.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from stitchnas.backends.tune import RayTuneStage, TuneOptions
 from stitchnas.search import pipeline

@@ -14,20 +14,32 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from searchspace.pooling import PoolingConfig, PoolingSpace
-from stitchnas.core.evaluation import batch_statistics
-from supernet.networks import ModelSpec, PoolingSuperNet
-from stitchnas.core.training import Epoch, FitOptions, TensorBatches, TrainHistory, autocast, epoch_generator, fit, resolve_device
-from supernet.training import TrainConfig, build_optimizer, cosine_lr, sgd_step
+from stitchnas.core import records
 from stitchnas.core.checkpoints import EpochCheckpoint
+from stitchnas.core.evaluation import batch_statistics
+from stitchnas.core.records import check_finite
+from stitchnas.core.training import (
+    Epoch,
+    FitOptions,
+    TensorBatches,
+    TrainHistory,
+    autocast,
+    epoch_generator,
+    fit,
+    resolve_device,
+)
+from supernet.networks import ModelSpec, PoolingSuperNet
+from supernet.training import TrainConfig, build_optimizer, cosine_lr, sgd_step
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +76,10 @@ class MixtureConfig:
     gm_batches: int = 4
     score_batch_size: int | None = None
 
+    json_keep_none: ClassVar[bool] = True  # "score_batch_size": null, as run configs always had it
+
     def __post_init__(self) -> None:
+        check_finite(self, "mixture config")
         if not isinstance(self.num_supernets, int) or self.num_supernets < 1:
             raise ValueError(f"mixture 'num_supernets' (M): expected an integer >= 1, got {self.num_supernets!r}")
         if self.t_max < 1:
@@ -88,8 +103,12 @@ class MixtureConfig:
                 f"expected at most {len(space)}"
             )
 
-    def to_json(self) -> dict:
-        return asdict(self)
+    def to_json(self) -> dict[str, Any]:
+        return records.to_json(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "mixture config") -> MixtureConfig:
+        return records.from_json(cls, data, where)
 
 
 # ----------------------------------------------------------------------------- pure maths
@@ -153,15 +172,17 @@ def balanced_partition(similarity: np.ndarray, num_groups: int) -> list[int]:
     # Most decided items first: those whose best group beats their second best by the most.
     remaining = [i for i in range(n) if group[i] < 0]
     while remaining:
-        best = None
+        best: tuple[float, int, int] | None = None  # (margin, item, group)
         for i in remaining:
             scores = sorted(
-                ((float(np.mean(similarity[i, members[g]])), g) for g in range(num_groups) if len(members[g]) < capacity[g]),
+                ((float(np.mean(similarity[i, members[g]])), g)
+                 for g in range(num_groups) if len(members[g]) < capacity[g]),
                 reverse=True,
             )
             margin = scores[0][0] - (scores[1][0] if len(scores) > 1 else -np.inf)
             if best is None or margin > best[0]:
                 best = (margin, i, scores[0][1])
+        assert best is not None  # remaining is not empty
         _, i, g = best
         group[i] = g
         members[g].append(i)
@@ -177,6 +198,12 @@ class MixtureOfSuperNets(nn.Module):
     activates the path there; ``forward`` and ``export_active`` then act like a single
     supernet's, so evaluation and export code serve both.
     """
+
+    # buffers, registered in __init__
+    scores: torch.Tensor
+    factors: torch.Tensor
+    temperature: torch.Tensor
+    fixed_group: torch.Tensor
 
     def __init__(self, space: PoolingSpace, spec: ModelSpec, cfg: MixtureConfig) -> None:
         super().__init__()
@@ -196,9 +223,13 @@ class MixtureOfSuperNets(nn.Module):
     def num_supernets(self) -> int:
         return len(self.supernets)
 
+    def supernet(self, index: int) -> PoolingSuperNet:
+        """Supernet ``index`` (``supernets[index]``), typed."""
+        return cast(PoolingSuperNet, self.supernets[index])  # __init__ fills supernets with PoolingSuperNet
+
     @property
     def active(self) -> PoolingConfig | None:
-        return self.supernets[self.active_member].active
+        return self.supernet(self.active_member).active
 
     def raw_assignment(self) -> np.ndarray:
         return softmax_rows(self.temperature.item() * self.scores.cpu().numpy())
@@ -225,13 +256,13 @@ class MixtureOfSuperNets(nn.Module):
 
     def set_active(self, config: PoolingConfig, member: int | None = None) -> None:
         self.active_member = self.member_of(config) if member is None else member
-        self.supernets[self.active_member].set_active(config)
+        self.supernet(self.active_member).set_active(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.supernets[self.active_member](x)
+        return self.supernet(self.active_member)(x)
 
     def export_active(self, preserve_weight: bool = True) -> nn.Module:
-        return self.supernets[self.active_member].export_active(preserve_weight)
+        return self.supernet(self.active_member).export_active(preserve_weight)
 
     def update_score(self, config: PoolingConfig, member: int, accuracy: float) -> None:
         i = self.space.index(config)
@@ -246,7 +277,9 @@ def validation_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def _cycle(batches: TensorBatches, batch_size: int, seed: int, epoch: int):
+def _cycle(
+    batches: TensorBatches, batch_size: int, seed: int, epoch: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
         yield from batches.iterate(batch_size, epoch_generator(seed, epoch, stream=2), drop_last=True)
         epoch += 10_000  # a fresh order each pass, still a pure function of the seed
@@ -262,11 +295,13 @@ def gradient_similarity(supernet: PoolingSuperNet, space: PoolingSpace, batches:
     supernet.train()
     for config in space:
         supernet.set_active(config)
-        total = None
+        total: torch.Tensor | None = None
         for x, y in data:
             loss = nn.functional.cross_entropy(supernet(x), y)
             g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, params, allow_unused=False)])
             total = g if total is None else total + g
+        if total is None:
+            raise ValueError("gradient similarity: no full training batch (check gm_batches and batch_size)")
         grads.append(total / len(data))
     g = torch.nn.functional.normalize(torch.stack(grads).double(), dim=1)
     return (g @ g.T).cpu().numpy()
@@ -299,7 +334,8 @@ def train_mixture(
     train_batches, val_batches = TensorBatches(train_data, device), TensorBatches(val_data, device)
     steps_per_epoch = train_batches.num_batches(cfg.batch_size, drop_last=True)
     total_steps = cfg.epochs * steps_per_epoch
-    gm_epoch = max(1, round(cfg.epochs * mcfg.gm_warmup_fraction)) if mcfg.grouping == "gm" and mixture.num_supernets > 1 else None
+    gm_epoch = (max(1, round(cfg.epochs * mcfg.gm_warmup_fraction))
+                if mcfg.grouping == "gm" and mixture.num_supernets > 1 else None)
     checkpoint = EpochCheckpoint(Path(checkpoint_path) if checkpoint_path is not None else None,
                                  {"train_config": cfg.to_json(), "mixture_config": mcfg.to_json()}, "mixture")
 
@@ -320,7 +356,8 @@ def train_mixture(
             row = assignment[mixture.space.index(config)]
             # With one supernet (or during a GM warm-up) no draw is made, so M = 1 consumes the
             # same random numbers as the single-supernet trainer.
-            member = 0 if warmup or mixture.num_supernets == 1 else int(member_rng.choices(range(len(row)), weights=row)[0])
+            member = (0 if warmup or mixture.num_supernets == 1
+                      else int(member_rng.choices(range(len(row)), weights=row)[0]))
             mixture.set_active(config, member)
             lr = cosine_lr(cfg, e * steps_per_epoch + i, total_steps)
             loss, _ = sgd_step(mixture.supernets[member], x, y, optimizers[member], lr, cfg.amp)
@@ -349,7 +386,7 @@ def _postfix(record: dict[str, Any]) -> dict[str, str]:
 def _split_by_gradients(mixture: MixtureOfSuperNets, batches: TensorBatches, cfg: TrainConfig) -> None:
     """GM-style split: groups from gradient similarity; every supernet starts from the warm-up
     weights (Few-Shot NAS initialises sub-supernets from the one-shot supernet)."""
-    shared = mixture.supernets[0]
+    shared = mixture.supernet(0)
     sim = gradient_similarity(shared, mixture.space, batches, cfg.batch_size, mixture.cfg.gm_batches, cfg.seed)
     groups = balanced_partition(sim, mixture.num_supernets)
     mixture.fixed_group.copy_(torch.tensor(groups, dtype=torch.long))

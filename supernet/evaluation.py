@@ -11,15 +11,19 @@ no single configuration. Two remedies:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from searchspace.pooling import PoolingConfig
+from stitchnas.core import records
 from stitchnas.core.evaluation import _batchnorms, accuracy
+from stitchnas.core.records import check_finite
 from stitchnas.core.training import TensorBatches, epoch_generator, resolve_device
+from supernet.bms import MixtureOfSuperNets
+from supernet.networks import PoolingSuperNet
 
 BNMode = Literal["recalibrate", "batch"]
 BN_MODES: tuple[str, ...] = ("recalibrate", "batch")
@@ -35,13 +39,18 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_finite(self, "eval config")
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"eval config 'bn_mode': expected one of {BN_MODES}, got {self.bn_mode!r}")
         if self.calib_batches < 1 or self.batch_size < 1 or self.calib_batch_size < 1:
             raise ValueError("eval config: 'calib_batches', 'calib_batch_size' and 'batch_size' must be >= 1")
 
-    def to_json(self) -> dict:
-        return asdict(self)
+    def to_json(self) -> dict[str, Any]:
+        return records.to_json(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "eval config") -> EvalConfig:
+        return records.from_json(cls, data, where)
 
 
 @torch.no_grad()
@@ -66,8 +75,8 @@ def recalibrate_batchnorm(model: nn.Module, data: torch.utils.data.TensorDataset
     model.eval()
 
 
-def prepare_path(supernet: nn.Module, config: PoolingConfig, calib_data: torch.utils.data.TensorDataset,
-                 cfg: EvalConfig) -> nn.Module:
+def prepare_path(supernet: PoolingSuperNet | MixtureOfSuperNets, config: PoolingConfig,
+                 calib_data: torch.utils.data.TensorDataset, cfg: EvalConfig) -> nn.Module:
     """The standalone network of ``config`` with supernet weights and BatchNorm handled per ``cfg``.
 
     With ``"recalibrate"`` the returned model carries statistics fitted to this configuration,
@@ -81,8 +90,9 @@ def prepare_path(supernet: nn.Module, config: PoolingConfig, calib_data: torch.u
 
 
 @torch.no_grad()
-def evaluate_path(supernet: nn.Module, config: PoolingConfig, calib_data: torch.utils.data.TensorDataset,
-                  val_data: torch.utils.data.TensorDataset, cfg: EvalConfig) -> float:
+def evaluate_path(supernet: PoolingSuperNet | MixtureOfSuperNets, config: PoolingConfig,
+                  calib_data: torch.utils.data.TensorDataset, val_data: torch.utils.data.TensorDataset,
+                  cfg: EvalConfig) -> float:
     """Validation accuracy (percent) of one configuration under supernet weights."""
     device = resolve_device(cfg.device)
     supernet.to(device)

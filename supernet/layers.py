@@ -7,8 +7,6 @@ configuration). Parameter names are identical either way.
 
 from __future__ import annotations
 
-from typing import Type
-
 import torch
 from torch import nn
 
@@ -41,7 +39,7 @@ class StridedBlock(nn.Module):
         return subsample(x, self.stride)
 
 
-def projection(in_chs: int, out_chs: int, stride: int, conv: Type[nn.Conv2d]) -> nn.Module | None:
+def projection(in_chs: int, out_chs: int, stride: int, conv: type[nn.Conv2d]) -> nn.Module | None:
     """timm-style ``downsample`` shortcut (1x1 conv + BN), only where the width changes."""
     if in_chs == out_chs:
         return None
@@ -51,7 +49,7 @@ def projection(in_chs: int, out_chs: int, stride: int, conv: Type[nn.Conv2d]) ->
 class BasicBlock(StridedBlock):
     """Two 3x3 convolutions with a residual connection (ResNet-20 / ResNet-18 style)."""
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, conv: Type[nn.Conv2d] = nn.Conv2d) -> None:
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, conv: type[nn.Conv2d] = nn.Conv2d) -> None:
         super().__init__(stride)
         self.conv1 = conv(in_chs, out_chs, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_chs)
@@ -75,7 +73,7 @@ class Bottleneck(StridedBlock):
 
     expansion = 4
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, conv: Type[nn.Conv2d] = nn.Conv2d) -> None:
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, conv: type[nn.Conv2d] = nn.Conv2d) -> None:
         super().__init__(stride)
         mid = max(1, out_chs // self.expansion)
         self.conv1 = nn.Conv2d(in_chs, mid, 1, bias=False)
@@ -99,7 +97,7 @@ class Bottleneck(StridedBlock):
         return self.act3(out + self.shortcut(x))
 
 
-BLOCKS: dict[str, Type[StridedBlock]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ConvStem(nn.Module):

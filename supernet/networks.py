@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from searchspace.pooling import PoolingConfig, PoolingSpace
-from supernet.layers import BLOCKS, ConvStem
+from supernet.layers import BLOCKS, ConvStem, StridedBlock
 from supernet.ops import SwitchablePool, SwitchableStrideConv2d, make_pool
 
 
@@ -55,7 +55,7 @@ class _PoolingCNNBase(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         for layer in self.layers:
-            layer.block.zero_init_last()
+            cast(PoolingLayer, layer).block.zero_init_last()  # layers holds PoolingLayers only
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -74,7 +74,7 @@ class _PoolingCNNBase(nn.Module):
 class PoolingLayer(nn.Module):
     """One layer: an optional pooling downsampling, then a residual block."""
 
-    def __init__(self, pool: nn.Module, block: nn.Module) -> None:
+    def __init__(self, pool: nn.Module, block: StridedBlock) -> None:
         super().__init__()
         self.pool = pool
         self.block = block
@@ -105,7 +105,7 @@ class _SwitchablePoolingLayer(PoolingLayer):
     def set_downsampled(self, downsampled: bool, op: str) -> None:
         if op == "conv":
             self.block.set_stride(2 if downsampled else 1)
-        else:
+        elif isinstance(self.pool, SwitchablePool):  # as PoolingSuperNet builds it for pooling ops
             self.pool.active = downsampled
 
 
@@ -132,7 +132,8 @@ class PoolingSuperNet(_PoolingCNNBase):
         """Activate one placement for the following forward passes."""
         self.space.validate(config)
         for i, layer in enumerate(self.layers, start=1):
-            layer.set_downsampled(i in config.positions, self.space.downsample)
+            # __init__ appends only _SwitchablePoolingLayers
+            cast(_SwitchablePoolingLayer, layer).set_downsampled(i in config.positions, self.space.downsample)
         self.active = config
 
     def sample_active(self, rng: random.Random) -> PoolingConfig:

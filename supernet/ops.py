@@ -6,6 +6,8 @@ which keep the same parameter names so weights move between the two with ``load_
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +25,7 @@ def make_pool(op: str) -> nn.Module:
 class SwitchableStrideConv2d(nn.Conv2d):
     """A convolution whose stride (1 or 2) is chosen by the active configuration."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.active_stride = 1
 

@@ -12,16 +12,27 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 # The SGD recipe lives in the ground floor (Ray Train's workers use it too); re-exported here.
 from stitchnas.core.training import (
-    TRAIN_CHECKPOINT_VERSION, Epoch, FitOptions, TensorBatches, TrainConfig, TrainHistory, build_optimizer,
-    cosine_lr, fit, resolve_device, sgd_step, train_checkpoint,
+    TRAIN_CHECKPOINT_VERSION,
+    Epoch,
+    FitOptions,
+    TensorBatches,
+    TrainConfig,
+    TrainHistory,
+    build_optimizer,
+    cosine_lr,
+    fit,
+    resolve_device,
+    sgd_step,
+    train_checkpoint,
 )
 
 log = logging.getLogger(__name__)

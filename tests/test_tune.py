@@ -212,7 +212,7 @@ import json, sys
 import stitchnas
 from stitchnas.methods.pooling import PoolingSearchConfig
 from stitchnas.backends.tune import FailureHooks, RayTuneStage, TuneOptions
-cfg = PoolingSearchConfig.from_json(json.load(open(sys.argv[1])))
+cfg = PoolingSearchConfig.from_json(json.load(open(sys.argv[1])), f'run config {sys.argv[1]}')
 stage = RayTuneStage(TuneOptions(search="exhaustive", candidates_per_trial=1, address=sys.argv[3],
                                  hooks=FailureHooks(delay_s=1.0)))
 stitchnas.run_search(cfg, sys.argv[2], progress=False, backend=stage.evaluate)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 RAY_ENV_DEFAULTS = {
     "RAY_CHDIR_TO_TRIAL_DIR": "0",  # trials keep the driver's working directory

@@ -31,18 +31,29 @@ from __future__ import annotations
 
 import copy
 import logging
+import random
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
 
 from stitchnas.core.io import atomic_torch_save, load_checkpoint
 from stitchnas.core.training import (
-    Epoch, FitOptions, TensorBatches, TrainConfig, TrainHistory, TrainingDiverged, build_optimizer, cosine_lr, fit,
-    sgd_step, train_checkpoint,
+    Epoch,
+    FitOptions,
+    TensorBatches,
+    TrainConfig,
+    TrainHistory,
+    TrainingDiverged,
+    build_optimizer,
+    cosine_lr,
+    fit,
+    sgd_step,
+    train_checkpoint,
 )
 
 log = logging.getLogger(__name__)
@@ -92,6 +103,12 @@ class SupernetRun(Protocol):
     def on_step(self) -> Callable[[int], None] | None: ...
 
 
+class _PathSampler(Protocol):
+    """The part of a pooling supernet :func:`worker_epochs` calls besides ``nn.Module``'s."""
+
+    def sample_active(self, rng: random.Random) -> object: ...
+
+
 class _AllReduceSum(torch.autograd.Function):
     """Sum over workers whose backward sums the gradients over workers too (each worker's loss
     depends on every worker's activations through the shared statistics)."""
@@ -139,7 +156,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         mean = totals[:channels] / n
         centred = x - mean.view(1, -1, 1, 1)
         var = all_reduce_sum((centred * centred).sum(dim=(0, 2, 3))) / n
-        if self.track_running_stats and self.num_batches_tracked is not None:
+        if self.track_running_stats and self.num_batches_tracked is not None \
+                and self.running_mean is not None and self.running_var is not None:  # all three with tracking
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
@@ -294,12 +312,13 @@ def worker_epochs(
     steps_per_epoch = batches.num_batches(cfg.batch_size, drop_last=True)
     total_steps = cfg.epochs * steps_per_epoch
     shard = cfg.batch_size // world
+    sampler = cast(_PathSampler, supernet)  # a pooling supernet (SupernetRun.supernet: with sample_active)
 
     def run_epoch(epoch: Epoch) -> dict[str, Any]:
         rng = epoch.rng()
         sums = torch.zeros(3, dtype=torch.float64)
         for i, (x, y) in enumerate(batches.iterate(cfg.batch_size, epoch.generator(), drop_last=True)):
-            supernet.sample_active(rng)  # the same path on every worker
+            sampler.sample_active(rng)  # the same path on every worker
             xs, ys = x[rank * shard:(rank + 1) * shard], y[rank * shard:(rank + 1) * shard]
             lr = cosine_lr(cfg, epoch.index * steps_per_epoch + i, total_steps)
             loss, hits = sgd_step(model, xs, ys, optimizer, lr, cfg.amp)
@@ -327,7 +346,7 @@ def train_worker(config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(config["threads"])))
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
-    cfg = TrainConfig(**payload["train_config"])
+    cfg = TrainConfig.from_json(payload["train_config"], "ray train payload 'train_config'")
     state = payload["state"]
     restored = ray.train.get_checkpoint()
     if restored is not None:  # a restarted worker group continues from its last epoch

@@ -1,8 +1,8 @@
 """Candidate evaluation and search on Ray Tune, with Optuna's samplers through ``OptunaSearch``.
 
 :meth:`RayTuneStage.evaluate` is an evaluation backend of the search pipeline
-(:func:`stitchnas.search.pipeline.run_search`, ``backend=``) for every method. The driver keeps the one source of truth, the run's ``results.csv``; Tune
-only schedules trials:
+(:func:`stitchnas.search.pipeline.run_search`, ``backend=``) for every method. The driver keeps the one
+source of truth, the run's ``results.csv``; Tune only schedules trials:
 
 * The trained supernet weights and the two search splits go into Ray's object store once,
   through ``tune.with_parameters``; every trial reads them from there (never re-pickled per
@@ -33,22 +33,35 @@ import logging
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from stitchnas.search.candidates import (
-    SEARCH_STATE_FILE, SEARCH_SUMMARY_FILE, CandidateEvaluator, CandidateJob, LookupEvaluator, Scorer, split_score,
+from stitchnas.backends.cluster import check_resources, cluster_nodes, init_ray, ray_session, set_env_defaults
+from stitchnas.backends.tune_search import (
+    OPTUNA_ALGORITHMS,
+    Ledger,
+    make_optuna_searcher,
+    make_queue_searcher,
+    make_sampler,
 )
 from stitchnas.core.io import atomic_write_json, read_json
-from stitchnas.backends.cluster import check_resources, cluster_nodes, init_ray, ray_session, set_env_defaults
-from stitchnas.backends.tune_search import OPTUNA_ALGORITHMS, Ledger, make_optuna_searcher, make_queue_searcher, make_sampler
+from stitchnas.search.candidates import (
+    SEARCH_STATE_FILE,
+    SEARCH_SUMMARY_FILE,
+    CandidateEvaluator,
+    CandidateJob,
+    LookupEvaluator,
+    Scorer,
+    split_score,
+)
 
 __all__ = [
-    "FailureHooks", "Ledger", "RayTuneStage", "TuneOptions", "TuneSummary", "check_resources", "cluster_nodes",
-    "init_ray", "make_sampler", "ray_session",
+    "FailureHooks", "Ledger", "RayTuneStage", "SearchInterrupted", "TuneOptions", "TuneSummary", "check_resources",
+    "cluster_nodes", "init_ray", "make_sampler", "ray_session",
 ]
 
 log = logging.getLogger(__name__)
@@ -264,6 +277,7 @@ def _candidates(job: CandidateJob, opts: TuneOptions, seed: int) -> list[int]:
                              f"{opts.budget}; raise the budget or use --search random, nsga2 or tpe")
         return list(job.candidates)
     if opts.search == "random":
+        assert opts.budget is not None  # TuneOptions requires a budget except for exhaustive
         if job.subset_size is None:
             return job.task.sample(opts.budget, seed)
         if job.subset_size != opts.budget:
@@ -297,6 +311,25 @@ class TuneSummary:
     duplicate_suggestions: int = 0
 
 
+class SearchInterrupted(KeyboardInterrupt):
+    """Tune ended before the search did: it handles Ctrl-C (SIGINT) itself and returns from
+    ``Tuner.fit`` with the trials it finished, so an incomplete ledger after ``fit`` means the
+    run was interrupted. Raised as a KeyboardInterrupt so that every caller treats it exactly
+    like Ctrl-C in the in-process backend: no front, no exports, ``--resume`` continues."""
+
+
+def _check_complete(ledger: Ledger, opts: TuneOptions, budget: int | None, candidates: list[int],
+                    space_size: int) -> None:
+    done = set(ledger.rows)
+    if opts.search in OPTUNA_ALGORITHMS:
+        wanted = min(int(budget or 0), space_size)
+        missing = max(0, wanted - len(done))
+    else:
+        wanted, missing = len(candidates), sum(1 for c in candidates if c not in done)
+    if missing:
+        raise SearchInterrupted(f"ray tune stopped with {wanted - missing} of {wanted} evaluations done")
+
+
 class RayTuneStage:
     """The evaluation backend on Ray Tune: ``evaluate(job)`` scores any search's candidates.
 
@@ -313,7 +346,8 @@ class RayTuneStage:
         self.summary: TuneSummary | None = None
 
     def _shared(self, job: CandidateJob, opts: TuneOptions) -> TrialShared:
-        evaluator = job.task.evaluator() if self.lookup is None else LookupEvaluator(uuid.uuid4().hex, dict(self.lookup))
+        evaluator = (job.task.evaluator() if self.lookup is None
+                     else LookupEvaluator(uuid.uuid4().hex, dict(self.lookup)))
         return TrialShared(evaluator, threads=max(1, int(opts.cpus_per_trial)),
                            device="cuda" if opts.gpus_per_trial > 0 else "cpu")
 
@@ -392,6 +426,7 @@ class RayTuneStage:
         wall = time.perf_counter() - start
         log.info("ray tune: %d trials, %d candidates scored, %d failed in %.1fs",
                  ledger.trials, len(ledger.evaluated), len(ledger.failed), wall)
+        _check_complete(ledger, opts, budget, candidates, len(job.task))
         first = ledger.first_start if ledger.first_start is not None else start + wall
         last = ledger.last_finish if ledger.last_finish is not None else first
         return TuneSummary(

@@ -4,8 +4,8 @@ Tune's ``OptunaSearch``.
 
 The Optuna space is the task's own encoding (:meth:`stitchnas.search.candidates.CandidateTask.distributions`:
 downsampling positions for pooling, the FLOPs rank for stitches). A suggestion that names no
-candidate is invalid, an already evaluated or in-flight candidate a duplicate: both are told to Optuna as failed trials (which its samplers
-ignore) and asked again without starting a Tune trial, so the budget counts distinct
+candidate is invalid, an already evaluated or in-flight candidate a duplicate: both are told to Optuna as
+failed trials (which its samplers ignore) and asked again without starting a Tune trial, so the budget counts distinct
 evaluations. If the sampler keeps repeating itself, a random unevaluated candidate is enqueued.
 
 Ray and Optuna are imported inside the functions only.
@@ -19,11 +19,12 @@ import math
 import random
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from stitchnas.search.candidates import CandidateTask
 from stitchnas.core.io import ResultsTable
+from stitchnas.search.candidates import CandidateTask
 
 log = logging.getLogger(__name__)
 
@@ -146,24 +147,19 @@ def _last_line(text: str | None) -> str:
     return lines[-1] if lines else ""
 
 
-def _searcher_base() -> type:
-    from ray.tune.search import Searcher
-
-    return Searcher
-
-
 def make_queue_searcher(ledger: Ledger, candidates: Sequence[int], per_trial: int, slots: int,
                         hooks: dict[str, Any]) -> Any:
     """Exhaustive / random: hand out fixed candidates in batches of at most ``per_trial``,
     smaller near the end so the last trials finish together."""
-    Searcher = _searcher_base()
+    from ray.tune.search import Searcher
 
     class QueueSearcher(Searcher):
         def __init__(self) -> None:
             super().__init__()
             ledger.queue.extend(c for c in candidates if not ledger.known(c))
 
-        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        # Ray annotates Optional[Dict] but documents returning Searcher.FINISHED (a str) too
+        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
             if not ledger.queue:
                 return None if ledger.inflight else Searcher.FINISHED
             size = min(per_trial, max(1, math.ceil(len(ledger.queue) / slots)))
@@ -185,9 +181,9 @@ def make_optuna_searcher(ledger: Ledger, algorithm: str, seed: int, population_s
     """NSGA-II / TPE through Tune's ``OptunaSearch``, one candidate per trial, warm-started
     from the rows already in the results table."""
     import optuna
+    from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
 
-    Searcher = _searcher_base()
     task = ledger.task
     assert ledger.budget is not None
     dists = task.distributions()
@@ -225,7 +221,9 @@ def make_optuna_searcher(ledger: Ledger, algorithm: str, seed: int, population_s
                 if attempt == MAX_ASKS_PER_TRIAL:  # the sampler keeps repeating itself
                     left = [c for c in range(len(task)) if not ledger.known(c) and c not in busy]
                     study.enqueue_trial(task.encode(rng.choice(left)))
-                index = task.decode(self.inner.suggest(inner_id))
+                params = self.inner.suggest(inner_id)
+                assert params is not None  # OptunaSearch over a fixed space always suggests
+                index = task.decode(params)
                 if index is not None and not ledger.known(index) and index not in busy:
                     self.live[trial_id] = (inner_id, index)
                     return index
@@ -236,7 +234,8 @@ def make_optuna_searcher(ledger: Ledger, algorithm: str, seed: int, population_s
                 self.inner.on_trial_complete(inner_id, None, error=True)
             raise AssertionError("unreachable: the enqueued candidate is always new")
 
-        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        # Ray annotates Optional[Dict] but documents returning Searcher.FINISHED (a str) too
+        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
             if ledger.remaining_budget() <= 0 or len(ledger.rows) + len(ledger.inflight_candidates()) >= len(task):
                 return None if ledger.inflight else Searcher.FINISHED
             index = self._ask(trial_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stitchnas.cli.options import (
     add_data_args,
@@ -12,14 +13,19 @@ from stitchnas.cli.options import (
     add_stitch_train_args,
     add_tune_args,
     backend_from_args,
+    finite_float,
     run_and_print,
     stitch_data_spec_from_args,
     stitch_train_config_from_args,
 )
 from stitchnas.cli.stitch import add_reevaluate_command, parse_anchor_files
 
+if TYPE_CHECKING:
+    from stitching.anchors import AnchorRef
+    from stitchnas.data import DataSpec
 
-def _learngene_teacher_ref(args: argparse.Namespace, data_spec):
+
+def _learngene_teacher_ref(args: argparse.Namespace, data_spec: DataSpec) -> AnchorRef:
     """The teacher: ``--teacher PRESET=PATH``, or an anchor of ``--anchors`` (``--teacher NAME``,
     default the one with the most FLOPs)."""
     from stitching.anchors import AnchorRef, create_anchor, read_anchor_folder
@@ -32,7 +38,8 @@ def _learngene_teacher_ref(args: argparse.Namespace, data_spec):
             return max(refs, key=lambda r: anchor_flops(dict(r.config)).total)
         found = [r for r in refs if r.name == args.teacher]
         if not found:
-            raise ValueError(f"--teacher {args.teacher!r}: not in {args.anchors}, expected one of {[r.name for r in refs]}")
+            raise ValueError(f"--teacher {args.teacher!r}: not in {args.anchors}, "
+                             f"expected one of {[r.name for r in refs]}")
         return found[0]
     if not args.teacher or "=" not in args.teacher:
         raise ValueError("teacher: give --anchors FOLDER (optionally --teacher NAME) or --teacher PRESET=PATH")
@@ -58,7 +65,8 @@ def cmd_learngene_distill(args: argparse.Namespace) -> int:
     m = outcome.manifest
     print(f"{'model':<22} {'width':>5} {'blocks':>6} {'MFLOPs':>9} {'params':>9} {'val acc %':>9} {'test acc %':>10}")
     t = m["teacher"]
-    print(f"{'teacher ' + t['name']:<22} {t['config']['embed_dim']:>5} {t['config']['depth']:>6} {t['flops'] / 1e6:9.3f} "
+    print(f"{'teacher ' + t['name']:<22} {t['config']['embed_dim']:>5} {t['config']['depth']:>6} "
+          f"{t['flops'] / 1e6:9.3f} "
           f"{t['params']:>9} {t['val_acc']:9.2f} {t['test_acc']:10.2f}")
     for s in m["students"]:
         print(f"{'student ' + s['name']:<22} {s['embed_dim']:>5} {s['depth']:>6} {s['flops'] / 1e6:9.3f} "
@@ -72,7 +80,8 @@ def cmd_learngene_pool(args: argparse.Namespace) -> int:
     from stitchnas.methods.learngene import LearngenePoolConfig
 
     if args.max_train_samples is not None:
-        raise ValueError("--max-train-samples: the pool uses the distillation run's data; set it on 'learngene distill'")
+        raise ValueError("--max-train-samples: the pool uses the distillation run's data; "
+                         "set it on 'learngene distill'")
     if args.no_train:
         args.epochs = 0
     train_cfg = stitch_train_config_from_args(args, anchor_lr_scale=args.instance_lr_scale,
@@ -114,8 +123,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "half its depth)")
     g.add_argument("--matches", default="front_end",
                    help="matched blocks for the MSE term: front_end, end, or TEACHER:STUDENT pairs like 3:1,7:3,11:5")
-    g.add_argument("--alpha", type=float, default=0.1, help="weight of the hard-label CE (official 0.1)")
-    g.add_argument("--temperature", type=float, default=1.0, help="temperature of the soft CE on logits")
+    g.add_argument("--alpha", type=finite_float, default=0.1, help="weight of the hard-label CE (official 0.1)")
+    g.add_argument("--temperature", type=finite_float, default=1.0, help="temperature of the soft CE on logits")
     g.add_argument("--freeze-matrices", action="store_true",
                    help="keep the transformation matrices at their init (what the official code ends up doing)")
     add_data_args(p)
@@ -131,9 +140,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--init", default="matrices", choices=("matrices", "least-squares"),
                    help="stitching-layer init: from the transformation matrices, or SN-Net's least squares")
     g.add_argument("--init-samples", type=int, default=100, help="images for the least-squares init")
-    g.add_argument("--instance-lr-scale", type=float, default=1.0, help="students' LR = this x --lr (official 1)")
-    g.add_argument("--distill-weight", type=float, default=0.5, help="weight of KL distillation from the teacher")
-    g.add_argument("--distill-temperature", type=float, default=1.0)
+    g.add_argument("--instance-lr-scale", type=finite_float, default=1.0,
+                   help="students' LR = this x --lr (official 1)")
+    g.add_argument("--distill-weight", type=finite_float, default=0.5,
+                   help="weight of KL distillation from the teacher")
+    g.add_argument("--distill-temperature", type=finite_float, default=1.0)
     g.add_argument("--seed", type=int, default=0, help="seed for descendant draws, batch order and init batch")
     g.add_argument("--no-train", action="store_true", help="stop after the stitch init (same as --epochs 0)")
     add_stitch_train_args(p, epochs=10, lr=3e-4, warmup_epochs=0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from stitchnas.cli import learngene, pooling, stitch, studies
 
@@ -35,14 +35,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return args.handler(args)
-    except ValueError as err:
-        print(f"stitchnas: error: {err}", file=sys.stderr)
-        return 2
+    except ValueError as err:  # bad options or input files: one line naming them
+        return _error(str(err), 2)
+    except OSError as err:  # a path the OS refused (not a folder, read-only, disk full, ...)
+        return _error(_os_error(err), 2)
+    except FloatingPointError as err:  # training diverged: never a result, never exit 0
+        return _error(str(err).splitlines()[0] if str(err) else type(err).__name__, 1)
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
         hint = f" rerun the same command with --resume to continue in {out}" if out else ""
         print(f"stitchnas: interrupted; checkpoints and results written so far are kept;{hint}", file=sys.stderr)
         return 130
+
+
+def _error(message: str, code: int) -> int:
+    print(f"stitchnas: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def _os_error(err: OSError) -> str:
+    """``PATH: reason`` (both paths of a rename), whatever raised it."""
+    paths = [str(p) for p in (err.filename, err.filename2) if p is not None]
+    reason = err.strerror or str(err)
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
 if __name__ == "__main__":

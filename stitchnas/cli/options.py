@@ -6,15 +6,33 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from searchspace.pooling import DOWNSAMPLE_OPS, SPACE_PRESETS, PoolingSpace, create_space
 
 if TYPE_CHECKING:
+    from stitching.trainer import StitchTrainConfig
+    from stitchnas.data import DataSpec
     from stitchnas.search.candidates import EvaluationBackend
     from stitchnas.search.pipeline import SearchResult
+    from supernet.evaluation import EvalConfig
+    from supernet.training import TrainConfig
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan``, ``inf`` and ``1e999`` are refused up front)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def add_space_args(p: argparse.ArgumentParser) -> None:
@@ -23,7 +41,7 @@ def add_space_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--downsample", default=None, choices=DOWNSAMPLE_OPS,
                    help="downsampling op (default: the preset's; resnet20 uses a 2x2 max-pool)")
     g.add_argument("--num-downsamples", type=int, default=None, help="k, number of downsamplings (resnet20 only)")
-    g.add_argument("--width-scale", type=float, default=None, help="multiply the preset's channel widths")
+    g.add_argument("--width-scale", type=finite_float, default=None, help="multiply the preset's channel widths")
 
 
 def space_from_args(args: argparse.Namespace) -> PoolingSpace:
@@ -52,7 +70,7 @@ def add_data_args(p: argparse.ArgumentParser, input_size: int = 16) -> None:
                    help="data-set-specific setting, e.g. canvas_size=24 for cluttered_digits (repeatable)")
 
 
-def data_spec_from_args(args: argparse.Namespace):
+def data_spec_from_args(args: argparse.Namespace) -> DataSpec:
     from stitchnas.data import DataSpec
 
     return DataSpec(name=args.dataset, data_dir=args.data_dir, input_size=args.input_size, seed=args.seed,
@@ -77,13 +95,13 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int, batch_size: int = 64
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=epochs)
     g.add_argument("--batch-size", type=int, default=batch_size)
-    g.add_argument("--lr", type=float, default=lr, help="initial SGD learning rate (cosine decay)")
-    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--lr", type=finite_float, default=lr, help="initial SGD learning rate (cosine decay)")
+    g.add_argument("--weight-decay", type=finite_float, default=5e-4)
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
 
 
-def train_config_from_args(args: argparse.Namespace):
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     from stitchnas.core.training import resolve_device
     from supernet.training import TrainConfig
 
@@ -99,7 +117,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-batches", type=int, default=8, help="batches used to re-estimate BatchNorm statistics")
 
 
-def eval_config_from_args(args: argparse.Namespace, device: str):
+def eval_config_from_args(args: argparse.Namespace, device: str) -> EvalConfig:
     from supernet.evaluation import EvalConfig
 
     return EvalConfig(bn_mode=args.bn_mode, calib_batches=args.calib_batches, device=device, seed=args.seed)
@@ -124,8 +142,8 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--budget", type=int, default=None, help="number of evaluations (random, nsga2, tpe)")
     g.add_argument("--candidates-per-trial", type=int, default=8,
                    help="candidates one Tune trial evaluates (exhaustive/random; Optuna trials take one)")
-    g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per Tune trial")
-    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per Tune trial, fractional allowed")
+    g.add_argument("--cpus-per-trial", type=finite_float, default=1.0, help="CPUs reserved per Tune trial")
+    g.add_argument("--gpus-per-trial", type=finite_float, default=0.0, help="GPUs per Tune trial, fractional allowed")
     g.add_argument("--max-failures", type=int, default=1, help="retries of a crashing Ray trial / worker group")
 
 
@@ -148,9 +166,9 @@ def add_stitch_train_args(p: argparse.ArgumentParser, epochs: int, lr: float, wa
     g = p.add_argument_group("training (AdamW or SGD, warm-up then cosine decay)")
     g.add_argument("--epochs", type=int, default=epochs)
     g.add_argument("--batch-size", type=int, default=batch_size)
-    g.add_argument("--lr", type=float, default=lr, help="peak learning rate (SN-Net: of the stitching layers)")
+    g.add_argument("--lr", type=finite_float, default=lr, help="peak learning rate (SN-Net: of the stitching layers)")
     g.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
-    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--weight-decay", type=finite_float, default=0.05)
     g.add_argument("--warmup-epochs", type=int, default=warmup_epochs)
     g.add_argument("--max-train-samples", type=int, default=None,
                    help="stratified subset of the training split (quick runs)")
@@ -158,7 +176,7 @@ def add_stitch_train_args(p: argparse.ArgumentParser, epochs: int, lr: float, wa
     g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
 
 
-def stitch_train_config_from_args(args: argparse.Namespace, **extra):
+def stitch_train_config_from_args(args: argparse.Namespace, **extra: Any) -> StitchTrainConfig:
     from stitching.trainer import StitchTrainConfig
     from stitchnas.core.training import resolve_device
 
@@ -169,7 +187,7 @@ def stitch_train_config_from_args(args: argparse.Namespace, **extra):
     )
 
 
-def stitch_data_spec_from_args(args: argparse.Namespace):
+def stitch_data_spec_from_args(args: argparse.Namespace) -> DataSpec:
     from dataclasses import replace
 
     return replace(data_spec_from_args(args), max_train_samples=args.max_train_samples)
@@ -188,7 +206,7 @@ class Backend:
     """
 
     evaluate: EvaluationBackend
-    session: ContextManager[Any]
+    session: AbstractContextManager[Any]
     trainer: Any = None
     subset_size: int | None = None
 
@@ -243,7 +261,7 @@ def backend_from_args(args: argparse.Namespace, train_device: str = "cpu", local
 
 
 @contextlib.contextmanager
-def _preflighted(session: ContextManager[Any], plugins: Sequence[Any]) -> Iterator[None]:
+def _preflighted(session: AbstractContextManager[Any], plugins: Sequence[Any]) -> Iterator[None]:
     with session:
         for plugin in plugins:
             plugin.preflight()  # cluster too small: fail now, not after training

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from stitchnas.cli.options import (
     add_data_args,
@@ -13,18 +14,25 @@ from stitchnas.cli.options import (
     add_front_args,
     add_run_args,
     add_space_args,
-    add_tune_args,
     add_train_args,
+    add_tune_args,
     backend_from_args,
     data_spec_from_args,
     eval_config_from_args,
+    finite_float,
     run_and_print,
     space_from_args,
     train_config_from_args,
 )
 
+if TYPE_CHECKING:
+    from stitchnas.methods.pooling import PoolingSearchConfig
+    from supernet.bms import MixtureConfig
 
-def _search_config(args: argparse.Namespace, mixture=None, max_candidates: int | None = None):
+
+def _search_config(
+    args: argparse.Namespace, mixture: MixtureConfig | None = None, max_candidates: int | None = None
+) -> PoolingSearchConfig:
     from stitchnas.methods.pooling import PoolingSearchConfig
 
     train_cfg = train_config_from_args(args)
@@ -40,7 +48,8 @@ def cmd_search_pooling(args: argparse.Namespace) -> int:
 
     backend = backend_from_args(args, str(train_config_from_args(args).device), local_random=True)
     cfg = _search_config(args, max_candidates=backend.subset_size or args.candidates)
-    return run_and_print(backend, lambda b: api.run_search(cfg, args.out, resume=args.resume, progress=not args.no_progress,
+    return run_and_print(backend, lambda b: api.run_search(cfg, args.out, resume=args.resume,
+                                                       progress=not args.no_progress,
                                                        backend=b.evaluate, trainer=b.trainer), args.hv_reference)
 
 
@@ -52,7 +61,8 @@ def cmd_search_bms(args: argparse.Namespace) -> int:
                             score_batch_size=args.score_batch_size)
     backend = backend_from_args(args, local_random=True)
     cfg = _search_config(args, mixture=mixture, max_candidates=backend.subset_size or args.candidates)
-    return run_and_print(backend, lambda b: api.run_search(cfg, args.out, resume=args.resume, progress=not args.no_progress,
+    return run_and_print(backend, lambda b: api.run_search(cfg, args.out, resume=args.resume,
+                                                       progress=not args.no_progress,
                                                        backend=b.evaluate), args.hv_reference)
 
 
@@ -78,9 +88,9 @@ def cmd_flops(args: argparse.Namespace) -> int:
     space = space_from_args(args)
     space.check_input_size(args.input_size)
     configs = [space.parse_config(args.config)] if args.config else space.configurations()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for config in configs:
-        row = {"index": space.index(config), "config": space.describe(config),
+        row: dict[str, Any] = {"index": space.index(config), "config": space.describe(config),
                "flops": pooling_flops(space, config, args.input_size, args.in_chans, args.num_classes),
                "params": pooling_params(space, args.in_chans, args.num_classes)}
         if args.check_fvcore:
@@ -124,12 +134,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model, record = load_model(args.model, return_record=True)
     prov = record["provenance"]
+    input_size = int(record["model"].get("input_size", prov.get("input_size", 16)))
     spec = DataSpec(name=args.dataset or prov["dataset"], data_dir=args.data_dir or prov.get("data_dir"),
-                    input_size=record["model"].get("input_size", prov.get("input_size", 16)), seed=prov["seed"])
+                    input_size=input_size, seed=prov["seed"])
     data = load_data(spec)
+    want = (model_in_chans(model), model_num_classes(model, input_size))
+    if (data.in_chans, data.num_classes) != want:
+        raise ValueError(f"model {args.model}: takes {want[0]}-channel images and predicts {want[1]} classes; "
+                         f"data {data.name!r} has {data.in_chans} channels and {data.num_classes} classes")
     result = {"val_acc": accuracy(model, data.search_val), "test_acc": accuracy(model, data.test)}
     print(json.dumps({"measured": result, "recorded": record.get("metrics", {})}, indent=2))
     return 0
+
+
+def model_in_chans(model: Any) -> int:
+    """Input channels of a classifier: those of its first convolution (a ViT's patch embedding too)."""
+    import torch
+
+    first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if first is None:
+        raise ValueError("model: no convolution found to tell its input channels")
+    return int(first.in_channels)
+
+
+def model_num_classes(model: Any, input_size: int) -> int:
+    """Classes a classifier predicts: the width of its logits on one blank image."""
+    import torch
+
+    with torch.no_grad():
+        return int(model.eval()(torch.zeros(1, model_in_chans(model), input_size, input_size)).shape[1])
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -153,7 +186,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_eval_args(p)
     g = p.add_argument_group("mixture")
     g.add_argument("--num-supernets", "-M", type=int, default=4, help="M, the number of supernets")
-    g.add_argument("--t-max", type=float, default=100.0, help="final temperature of the assignment softmax")
+    g.add_argument("--t-max", type=finite_float, default=100.0, help="final temperature of the assignment softmax")
     g.add_argument("--grouping", default="bms", choices=("bms", "gm"),
                    help="bms: learned balanced assignment; gm: GM-NAS-style gradient-similarity split")
     g.add_argument("--score-batch-size", type=int, default=None,
@@ -168,7 +201,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train one pooling configuration from scratch and export it")
     add_space_args(p)
-    p.add_argument("--config", default=None, help="index, notation '4,3,3' or positions 'p:4,7' (default: the preset's)")
+    p.add_argument("--config", default=None,
+                   help="index, notation '4,3,3' or positions 'p:4,7' (default: the preset's)")
     add_data_args(p)
     add_train_args(p, epochs=40)
     add_eval_args(p)
@@ -190,7 +224,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True,
                    help="candidate index, or the method's notation: '4,3,3' / 'p:4,7' for placements, "
                         "'a0.0-3_a1.4-11' for stitches")
-    p.add_argument("--out", default=None, help="folder for model.json and model.pt (default: RUN/exports/NAME)")
+    p.add_argument("--out", default=None, help="folder for model.json and model.pt (default: RUN/selected/NAME)")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("evaluate", help="load an exported model and measure it on its data")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Literal
 
 from stitchnas.cli.options import (
     add_data_args,
@@ -15,10 +16,15 @@ from stitchnas.cli.options import (
     add_stitch_train_args,
     add_tune_args,
     backend_from_args,
+    finite_float,
     run_and_print,
     stitch_data_spec_from_args,
     stitch_train_config_from_args,
 )
+
+if TYPE_CHECKING:
+    from stitching.anchors import AnchorRef
+    from stitchnas.data import DataSpec
 
 log = logging.getLogger("stitchnas")
 
@@ -35,8 +41,8 @@ def parse_anchor_files(items: Sequence[str]) -> list[tuple[str, str]]:
 
 def cmd_anchors_train(args: argparse.Namespace) -> int:
     from stitching.anchors import MANIFEST_FILE
-    from stitchnas.methods.anchors import AnchorTrainConfig, train_anchors
     from stitchnas.core.io import read_json
+    from stitchnas.methods.anchors import AnchorTrainConfig, train_anchors
 
     overrides = {"depth": args.depth} if args.depth is not None else {}
     cfg = AnchorTrainConfig(family=args.family, data=stitch_data_spec_from_args(args),
@@ -50,9 +56,7 @@ def cmd_anchors_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stitch_anchor_refs(args: argparse.Namespace, data_spec) -> list:
-    from dataclasses import asdict
-
+def _stitch_anchor_refs(args: argparse.Namespace, data_spec: DataSpec) -> list[AnchorRef]:
     from stitching.anchors import MANIFEST_FILE, anchor_refs_from_files, read_anchor_folder
     from stitchnas.core.io import read_json
 
@@ -62,9 +66,10 @@ def _stitch_anchor_refs(args: argparse.Namespace, data_spec) -> list:
         return anchor_refs_from_files(parse_anchor_files(args.anchor), input_size=data_spec.input_size)
     refs = read_anchor_folder(args.anchors)
     trained_on = read_json(Path(args.anchors) / MANIFEST_FILE, "anchors manifest").get("data")
-    if isinstance(trained_on, dict) and trained_on != json.loads(json.dumps(asdict(data_spec))):
+    wanted = json.loads(json.dumps(data_spec.to_json()))
+    if isinstance(trained_on, dict) and trained_on != wanted:
         log.warning("anchors were trained on other data settings (%s); search_val may overlap their training data",
-                    {k: v for k, v in trained_on.items() if asdict(data_spec).get(k) != v})
+                    {k: v for k, v in trained_on.items() if wanted.get(k) != v})
     return refs
 
 
@@ -104,7 +109,7 @@ def stitch_version_options_from_args(args: argparse.Namespace) -> dict:
             raise ValueError(f"--routes {args.routes!r}: expected comma-separated route types, e.g. fs,sf,fsf,sfs")
     if v2 and args.all_pairs:
         raise ValueError("--all-pairs: shapes SN-Net's space (--version v1); SN-Netv2 stitches two anchors")
-    kind = args.sampler or ("ros" if v2 else "uniform")
+    kind: Literal["uniform", "ros"] = args.sampler or ("ros" if v2 else "uniform")
     if kind != "ros" and (args.flops_gap is not None or args.ros_weighting is not None):
         raise ValueError("--flops-gap / --ros-weighting: apply to ROS sampling only (--sampler ros)")
     if args.flops_gap is not None and not args.flops_gap > 0:
@@ -174,10 +179,10 @@ def add_stitch_commands(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     add_stitch_train_args(p, epochs=10, lr=1e-3, warmup_epochs=0)
     g = p.add_argument_group("stitching")
-    g.add_argument("--anchor-lr-scale", type=float, default=0.1, help="anchor LR = this x --lr (SN-Net: 0.1)")
-    g.add_argument("--distill", type=float, default=0.0, metavar="WEIGHT",
+    g.add_argument("--anchor-lr-scale", type=finite_float, default=0.1, help="anchor LR = this x --lr (SN-Net: 0.1)")
+    g.add_argument("--distill", type=finite_float, default=0.0, metavar="WEIGHT",
                    help="weight of KL distillation from the largest anchor (0: off)")
-    g.add_argument("--distill-temperature", type=float, default=1.0)
+    g.add_argument("--distill-temperature", type=finite_float, default=1.0)
     g.add_argument("--init-samples", type=int, default=100, help="images for the least-squares init (SN-Net: 100)")
     g.add_argument("--all-pairs", action="store_true", help="stitch every anchor sequence, not only neighbours")
     g.add_argument("--no-train", action="store_true", help="stop after the least-squares init (same as --epochs 0)")
@@ -189,7 +194,7 @@ def add_stitch_commands(sub: argparse._SubParsersAction) -> None:
                    help="v2: comma-separated route types to keep, from fs,sf,fsf,sfs (default: all)")
     g.add_argument("--sampler", default=None, choices=("uniform", "ros"),
                    help="configuration drawn per training step (default: v1 uniform, v2 ros)")
-    g.add_argument("--flops-gap", type=float, default=None, metavar="MFLOPS",
+    g.add_argument("--flops-gap", type=finite_float, default=None, metavar="MFLOPS",
                    help="ROS: FLOPs grouping gap in MFLOPs, > 0 (default: the FLOPs range / 24, which gives "
                         "SN-Netv2's 13 groups for 12-block small anchors)")
     g.add_argument("--ros-weighting", default=None, choices=("uniform", "linear"),

@@ -39,7 +39,8 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    truth = sub.add_parser("truth", help="ground truth for ranking studies").add_subparsers(dest="truth_kind", required=True)
+    truth = sub.add_parser("truth", help="ground truth for ranking studies").add_subparsers(dest="truth_kind",
+                                                                                           required=True)
     p = truth.add_parser("pooling", help="train configurations standalone over several seeds (resumable)")
     add_space_args(p)
     p.add_argument("--configs", default=None, help="';'-separated configurations (default: all), e.g. '1,1,8;4,3,3'")
@@ -51,7 +52,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("rank", help="compare a search run's ranking with a ground-truth table")
     p.add_argument("--run", required=True, help="search run folder (results.csv)")
-    p.add_argument("--truth", required=True, action="append", help="'stitchnas truth' folder (repeatable, e.g. one per seed)")
+    p.add_argument("--truth", required=True, action="append",
+                   help="'stitchnas truth' folder (repeatable, e.g. one per seed)")
     p.add_argument("--top-k", default="1,3,5", help="comma-separated k for top-k overlap")
     p.add_argument("--partial", action="store_true",
                    help="rank on the configurations the ground truth covers (default: it must cover them all)")

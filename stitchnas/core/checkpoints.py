@@ -10,9 +10,10 @@ the keys that differ, so a changed option never silently mixes two runs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,13 +71,29 @@ class EpochCheckpoint:
             return 0, []
         state = load_checkpoint(self.path)
         self.check(state)
-        model.load_state_dict(state["model"])
-        if isinstance(optimizers, torch.optim.Optimizer):
-            optimizers.load_state_dict(state["optimizer"])
-        else:
-            for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
-                optimizer.load_state_dict(saved)
-        epoch = int(state["epoch"])
+        where = f"checkpoint {self.path}"
+        several = not isinstance(optimizers, torch.optim.Optimizer)
+        optimizer_key = "optimizers" if several else "optimizer"
+        expected = (("model", dict), ("epoch", int), ("history", list), (optimizer_key, list if several else dict))
+        for key, kind in expected:
+            if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+                raise ValueError(f"{where}: key {key!r} missing or not a {kind.__name__} "
+                                 "(not written by this trainer); start a new run folder")
+        load_state_strict(model, state["model"], where)
+        try:
+            if isinstance(optimizers, torch.optim.Optimizer):
+                optimizers.load_state_dict(state["optimizer"])
+            else:
+                if len(state["optimizers"]) != len(optimizers):
+                    raise ValueError(f"{len(state['optimizers'])} optimizer states for {len(optimizers)} optimizers")
+                for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
+                    optimizer.load_state_dict(saved)
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise ValueError(f"{where}: key {optimizer_key!r} does not fit this run's optimizer "
+                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+        epoch = state["epoch"]
+        if not 0 <= epoch:
+            raise ValueError(f"{where}: key 'epoch' is {epoch}, expected >= 0")
         log.info("resumed %s from %s at epoch %d", self.what, self.path, epoch)
         return epoch, list(state["history"])
 

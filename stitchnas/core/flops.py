@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 
-
 @dataclass(frozen=True)
 class FlopsReport:
     flops: int

@@ -8,9 +8,25 @@ file (``where``) and the field, e.g. ``model.json: field 'provenance.seed': expe
 got 'x'``.
 
 Supported field types: ``bool``, ``int``, ``float`` (ints accepted), ``str``, ``None`` unions
-(``X | None``), ``tuple[X, ...]`` / ``list[X]``, ``dict[str, X]``, ``Any`` (any JSON value) and
-nested record dataclasses. An optional field (default ``None``) that is ``None`` is left out of
-the JSON, so a file only carries the fields its writer has; decoding restores them to ``None``.
+(``X | None``), ``Literal[...]`` (the value must be one of the options), ``tuple[X, ...]`` /
+``list[X]``, fixed-length ``tuple[X, Y]``, ``dict[str, X]`` / ``Mapping[str, X]`` (bare ``dict``:
+any values), ``Any`` (any JSON value) and nested record dataclasses. An optional field (default
+``None``) that is ``None`` is left out of the JSON, so a file only carries the fields its writer
+has; decoding restores them to ``None``. A field absent from the JSON takes its default (files
+written before a field existed still decode); a field without a default is required.
+
+Three class- and field-level switches, for configs whose files predate this codec:
+
+* ``json_kind: ClassVar[str]``: :func:`to_json` writes ``"kind": json_kind``; :func:`from_json`
+  requires exactly that ``"kind"`` and strips it before decoding the fields.
+* ``json_keep_none: ClassVar[bool] = True``: fields holding ``None`` are written (as ``null``),
+  as ``dataclasses.asdict`` did.
+* ``field(metadata=OWN_JSON)``: the field's type codes itself (``value.to_json()`` and
+  ``Type.from_json(data)``, e.g. the search spaces of :mod:`searchspace`, which import nothing of
+  the engine); its ``ValueError`` becomes one line naming ``where`` and the field.
+
+Decoding calls the class's constructor, so ``__post_init__`` validation runs and its ``ValueError``
+(or ``TypeError``) becomes one line naming ``where`` too.
 """
 
 from __future__ import annotations
@@ -19,8 +35,9 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 R = TypeVar("R")
 
@@ -29,6 +46,7 @@ __all__ = [
     "ANCHORS_FORMAT_VERSION",
     "MODEL_FORMAT",
     "MODEL_FORMAT_VERSION",
+    "OWN_JSON",
     "RESULT_COLUMNS",
     "AnchorDigest",
     "AnchorEntry",
@@ -36,6 +54,7 @@ __all__ = [
     "ModelCard",
     "Provenance",
     "ResultRow",
+    "check_finite",
     "data_fields",
     "from_json",
     "to_json",
@@ -43,19 +62,45 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- codec
+#: Field metadata of a field whose type has its own ``to_json()`` / ``from_json(data)``.
+OWN_JSON: Mapping[str, Any] = types.MappingProxyType({"json": "own"})
+
+
+def _own(f: dataclasses.Field) -> bool:
+    return f.metadata.get("json") == "own"
+
+
 def to_json(record: Any) -> Any:
     """A record dataclass (or a value inside one) as plain JSON values; tuples become lists.
 
-    Optional fields (default ``None``) holding ``None`` are left out (see the module docstring).
+    Optional fields (default ``None``) holding ``None`` are left out unless the class sets
+    ``json_keep_none``; a class's ``json_kind`` is written as ``"kind"`` (see the module docstring).
     """
     if dataclasses.is_dataclass(record) and not isinstance(record, type):
-        return {f.name: to_json(value) for f in dataclasses.fields(record)
-                if (value := getattr(record, f.name)) is not None or f.default is not None}
+        cls = type(record)
+        keep_none = getattr(cls, "json_keep_none", False)
+        out: dict[str, Any] = {} if (kind := getattr(cls, "json_kind", None)) is None else {"kind": kind}
+        for f in dataclasses.fields(record):
+            value = getattr(record, f.name)
+            if value is None and f.default is None and not keep_none:
+                continue
+            out[f.name] = value.to_json() if _own(f) and value is not None else to_json(value)
+        return out
     if isinstance(record, (list, tuple)):
         return [to_json(v) for v in record]
-    if isinstance(record, dict):
+    if isinstance(record, Mapping):
         return {str(k): to_json(v) for k, v in record.items()}
     return record
+
+
+def check_finite(record: Any, what: str) -> None:
+    """Raise one ValueError line naming the first float field of the dataclass ``record`` that
+    is NaN or infinite (configs call this first in ``__post_init__``: ``lr=nan`` would pass
+    every ``<``/``>`` check and only show up as a diverged run)."""
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{what} {f.name!r}: expected a finite number, got {value!r}")
 
 
 def _type_name(tp: Any) -> str:
@@ -69,6 +114,11 @@ def _decode(tp: Any, value: Any, path: str, where: str) -> Any:
     if tp is Any:
         return value
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        options = typing.get_args(tp)
+        if not any(value == o and type(value) is type(o) for o in options):
+            raise fail(f"one of {list(options)}")
+        return value
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)
         if value is None and type(None) in options:
@@ -85,15 +135,19 @@ def _decode(tp: Any, value: Any, path: str, where: str) -> Any:
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise fail("a list")
-        (item,) = typing.get_args(tp)[:1]
-        items = [_decode(item, v, f"{path}[{i}]", where) for i, v in enumerate(value)]
+        args = typing.get_args(tp)
+        if origin is tuple and args[1:] != (Ellipsis,):  # tuple[X, Y]: one item of each type
+            if len(value) != len(args):
+                raise fail(f"a list of {len(args)}")
+            return tuple(_decode(a, v, f"{path}[{i}]", where) for i, (a, v) in enumerate(zip(args, value)))
+        items = [_decode(args[0], v, f"{path}[{i}]", where) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
-    if origin is dict:
+    if tp in (dict, Mapping) or origin in (dict, Mapping):
         if not isinstance(value, dict):
             raise fail("an object")
-        _, item = typing.get_args(tp)
+        _, item = typing.get_args(tp) or (str, Any)
         return {str(k): _decode(item, v, f"{path}.{k}", where) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_json(tp, value, where, _prefix=f"{path}.")
     if tp is bool:
         if not isinstance(value, bool):
@@ -114,6 +168,18 @@ def _decode(tp: Any, value: Any, path: str, where: str) -> Any:
     raise TypeError(f"record codec: unsupported field type {tp!r} at {path!r}")  # a bug, not bad input
 
 
+def _decode_own(tp: Any, value: Any, path: str, where: str) -> Any:
+    """A field of a type that decodes itself (``OWN_JSON``), ``X`` or ``X | None``."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        (tp,) = [o for o in typing.get_args(tp) if o is not type(None)]
+    try:
+        return tp.from_json(value)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError(f"{where}: field {path!r}: {err}") from None
+
+
 def from_json(cls: type[R], data: Any, where: str, _prefix: str = "") -> R:
     """Decode ``data`` into the record dataclass ``cls``, strictly.
 
@@ -127,6 +193,11 @@ def from_json(cls: type[R], data: Any, where: str, _prefix: str = "") -> R:
     """
     if not isinstance(data, dict):  # bad input, not a bug: ValueError like every other decoding error
         raise ValueError(f"{where}: {_prefix.rstrip('.') or 'record'}: expected an object, got {data!r:.80}")  # noqa: TRY004
+    kind = getattr(cls, "json_kind", None)
+    if kind is not None:
+        if data.get("kind") != kind:
+            raise ValueError(f"{where}: field {_prefix + 'kind'!r}: expected {kind!r}, got {data.get('kind')!r:.80}")
+        data = {k: v for k, v in data.items() if k != "kind"}
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
@@ -138,7 +209,10 @@ def from_json(cls: type[R], data: Any, where: str, _prefix: str = "") -> R:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ValueError(f"{where}: missing field {_prefix + name!r}")
             continue
-        kwargs[name] = _decode(hints[name], data[name], _prefix + name, where)
+        if _own(f):
+            kwargs[name] = _decode_own(hints[name], data[name], _prefix + name, where)
+        else:
+            kwargs[name] = _decode(hints[name], data[name], _prefix + name, where)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:

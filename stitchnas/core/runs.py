@@ -22,6 +22,10 @@ def prepare_run_dir(out_dir: str | Path, run_config: dict[str, Any], resume: boo
     """Create or reopen ``out_dir`` for a run described by ``run_config``."""
     out = Path(out_dir)
     config_path = out / RUN_CONFIG
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out}: exists and is not a folder; choose another --out")
+    if out.is_symlink() and not out.exists():
+        raise ValueError(f"output folder {out}: a symbolic link to {out.readlink()}, which does not exist")
     if config_path.exists():
         if not resume:
             raise ValueError(
@@ -29,6 +33,8 @@ def prepare_run_dir(out_dir: str | Path, run_config: dict[str, Any], resume: boo
                 "or choose another --out"
             )
         previous = read_json(config_path, "run config")
+        if not isinstance(previous, dict):
+            raise ValueError(f"run config {config_path}: expected a JSON object, got {type(previous).__name__}")
         # Compare through JSON so tuples and lists of the same values are equal.
         if json.loads(json.dumps(previous)) != json.loads(json.dumps(run_config)):
             changed = sorted(k for k in set(previous) | set(run_config) if previous.get(k) != run_config.get(k))

@@ -12,30 +12,39 @@ from __future__ import annotations
 
 import math
 import random
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import ParamsT
 from tqdm.auto import tqdm
 
+from stitchnas.core import records
 from stitchnas.core.checkpoints import EpochCheckpoint, Optimizers
+from stitchnas.core.records import check_finite
 
 
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when present; an explicit 'cuda' without a GPU is a clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r}: CUDA is not available on this machine (use 'cpu' or 'auto')")
     return device
 
 
-def autocast(device: torch.device, enabled: bool):
+def autocast(device: torch.device, enabled: bool) -> AbstractContextManager[None]:
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
@@ -114,14 +123,20 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, used only on CUDA
 
     def __post_init__(self) -> None:
+        check_finite(self, "train config")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train config '{name}': expected >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.lr_min < 0 or self.lr_min > self.lr:
-            raise ValueError(f"train config 'lr'/'lr_min': expected 0 <= lr_min <= lr, lr > 0, got {self.lr}/{self.lr_min}")
+            raise ValueError(f"train config 'lr'/'lr_min': expected 0 <= lr_min <= lr, lr > 0, "
+                             f"got {self.lr}/{self.lr_min}")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return records.to_json(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "train config") -> TrainConfig:
+        return records.from_json(cls, data, where)
 
 
 def cosine_lr(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -130,7 +145,7 @@ def cosine_lr(cfg: TrainConfig, step: int, total_steps: int) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * progress))
 
 
-def build_optimizer(params, cfg: TrainConfig) -> torch.optim.SGD:
+def build_optimizer(params: ParamsT, cfg: TrainConfig) -> torch.optim.SGD:
     """SGD with ``cfg``'s momentum and weight decay over ``params`` (parameters or groups)."""
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
@@ -354,7 +369,8 @@ def fit(
             record = run_epoch(epoch)
         else:
             device = options.device
-            with torch.random.fork_rng(devices=[device.index or 0] if device is not None and device.type == "cuda" else []):
+            cuda_devices = [device.index or 0] if device is not None and device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda_devices):
                 # e.g. drop path draws from torch's global RNG: seeded per epoch, a resume replays it
                 torch.manual_seed(epoch.generator(options.torch_stream).initial_seed())
                 record = run_epoch(epoch)

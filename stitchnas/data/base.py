@@ -13,14 +13,17 @@ when :mod:`stitchnas.data` is imported. :func:`register_dataset` adds more by na
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from stitchnas.core import records
 
 __all__ = [
     "DataSpec",
@@ -61,6 +64,8 @@ class DataSpec:
     max_test_samples: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
+    json_keep_none: ClassVar[bool] = True  # "data_dir": null etc., as run configs always had them
+
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"DataSpec.name must be a non-empty string, got {self.name!r}")
@@ -87,6 +92,15 @@ class DataSpec:
                 f"DataSpec.options must be a dict with string keys, got {self.options!r}")
         # A private copy: later edits to the caller's dict must not change a frozen spec.
         object.__setattr__(self, "options", dict(self.options))
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, ``None`` as ``null`` (the ``"data"`` of run configs and manifests)."""
+        return records.to_json(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "data spec") -> DataSpec:
+        """Strict decoding (:func:`stitchnas.core.records.from_json`); absent fields take their defaults."""
+        return records.from_json(cls, data, where)
 
     def __hash__(self) -> int:
         options = tuple(sorted((k, repr(v)) for k, v in self.options.items()))
@@ -226,7 +240,7 @@ def _checked_arrays(raw: RawData, name: str) -> list[np.ndarray]:
     if (raw.x_test is None) != (raw.y_test is None):
         raise ValueError(f"data set {name!r}: x_test and y_test must be given together")
     pairs = [("train", raw.x_train, raw.y_train)]
-    if raw.x_test is not None:
+    if raw.x_test is not None and raw.y_test is not None:  # both or neither (checked above)
         pairs.append(("test", raw.x_test, raw.y_test))
     arrays = []
     for split, x_in, y_in in pairs:
@@ -234,6 +248,9 @@ def _checked_arrays(raw: RawData, name: str) -> list[np.ndarray]:
         if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
             raise ValueError(f"data set {name!r}: expected {split} images (N, C, H, W) and "
                              f"labels (N,), got {x.shape} and {y.shape}")
+        if 0 in x.shape[1:]:
+            raise ValueError(f"data set {name!r}: {split} images have an empty channel, height or width "
+                             f"(shape {x.shape})")
         if x.dtype.kind not in "biuf":
             raise ValueError(f"data set {name!r}: {split} images must be numeric, got {x.dtype}")
         if y.dtype.kind not in "iu":

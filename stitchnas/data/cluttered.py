@@ -87,7 +87,7 @@ class ClutteredDigits:
     test_sources: np.ndarray
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _linear_resize_matrix(size_in: int, size_out: int) -> np.ndarray:
     """``(size_out, size_in)`` matrix of 1-D linear resizing (``align_corners=False``)."""
     eye = torch.eye(size_in, dtype=torch.float64)[:, None, :]

@@ -164,6 +164,10 @@ def _npz_images(x: np.ndarray, path: Path, key: str) -> np.ndarray:
     else:
         raise ValueError(f"npz file {path}: expected {key!r} as NHW, NHWC or NCHW, "
                          f"got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"npz file {path}: {key!r} holds no images (shape {x.shape})")
+    if 0 in x.shape[1:]:
+        raise ValueError(f"npz file {path}: {key!r} has images of zero channels, height or width (shape {x.shape})")
     if x.dtype == np.uint8:
         return x  # scaled to [0, 1] by load_data
     images = x.astype(np.float32)

@@ -55,11 +55,12 @@ def method_from_run(run_dir: str | Path) -> SearchMethod:
     kind = raw.get("kind") if isinstance(raw, dict) else None
     if kind not in RUN_KINDS:
         raise ValueError(f"run config {path}: kind {kind!r} is not a search run (expected one of {list(RUN_KINDS)})")
+    where = f"run config {path}"
     if kind == "pooling_search":
-        return (MixtureMethod if raw.get("mixture") else PoolingMethod).from_run_config(raw)
+        return (MixtureMethod if raw.get("mixture") else PoolingMethod).from_run_config(raw, where)
     if kind == "stitch_search":
-        return SNNetMethod.from_run_config(raw)
-    return LearngenePoolMethod.from_run_config(raw)
+        return SNNetMethod.from_run_config(raw, where)
+    return LearngenePoolMethod.from_run_config(raw, where)
 
 
 __all__ = ["RUN_KINDS", "method_for", "method_from_run"]

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, ClassVar
 
 import torch
 
@@ -22,7 +23,7 @@ from stitching.flops import anchor_flops
 from stitching.trainer import StitchTrainConfig, train_network
 from stitchnas.core.evaluation import accuracy
 from stitchnas.core.io import atomic_torch_save, atomic_write_json, file_sha256
-from stitchnas.core.records import AnchorEntry, AnchorManifest, to_json
+from stitchnas.core.records import AnchorEntry, AnchorManifest, from_json, to_json
 from stitchnas.core.runs import prepare_run_dir
 from stitchnas.data import DataSpec, DataSplits, load_data
 
@@ -50,6 +51,8 @@ class AnchorTrainConfig:
     train: StitchTrainConfig = DEFAULT_ANCHOR_TRAIN
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
+    json_kind: ClassVar[str] = "anchors"
+
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"anchor family {self.family!r}: unknown, expected one of {sorted(FAMILIES)}")
@@ -58,8 +61,11 @@ class AnchorTrainConfig:
         object.__setattr__(self, "overrides", dict(self.overrides))
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "anchors", "family": self.family, "data": asdict(self.data),
-                "train": self.train.to_json(), "overrides": dict(self.overrides)}
+        return to_json(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "run config") -> AnchorTrainConfig:
+        return from_json(cls, data, where)
 
 
 def data_overrides(data: DataSplits) -> dict[str, Any]:
@@ -86,7 +92,8 @@ def train_anchors(
     log.info("data: %s", data.describe())
     manifest_path = out / MANIFEST_FILE
     manifest = read_anchor_manifest(manifest_path) if manifest_path.exists() else AnchorManifest(
-        family=cfg.family, data=asdict(cfg.data), train=cfg.train.to_json(), overrides=dict(cfg.overrides), anchors=(),
+        family=cfg.family, data=cfg.data.to_json(), train=cfg.train.to_json(), overrides=dict(cfg.overrides),
+        anchors=(),
     )
     done = {entry.name: entry for entry in manifest.anchors}
     entries: list[AnchorEntry] = []

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,7 +75,7 @@ class MixtureTask(PoolingTask):
         super().__init__(space, data, None, eval_cfg)
         self.mixture, self.matrix = mixture, matrix
 
-    def evaluator(self) -> "MixtureEvaluator":
+    def evaluator(self) -> MixtureEvaluator:
         assert self.eval_cfg is not None
         mixture = self.mixture
         return MixtureEvaluator(
@@ -111,10 +112,11 @@ class MixtureEvaluator(CandidateEvaluator):
 
     def prepare(self, device: str) -> Callable[[int], float | Score]:
         space = PoolingSpace.from_json(self.space)
-        mixture = MixtureOfSuperNets(space, ModelSpec(*self.spec), MixtureConfig(**self.mixture_cfg))
+        mixture_cfg = MixtureConfig.from_json(self.mixture_cfg, "mixture evaluator")
+        mixture = MixtureOfSuperNets(space, ModelSpec(*self.spec), mixture_cfg)
         mixture.load_state_dict(self.weights)
         mixture.selected.update(self.selected)
-        eval_cfg = EvalConfig(**{**self.eval_cfg, "device": device})
+        eval_cfg = EvalConfig.from_json({**self.eval_cfg, "device": device}, "mixture evaluator")
         calib = torch.utils.data.TensorDataset(*self.calib)
         val = torch.utils.data.TensorDataset(*self.val)
 
@@ -152,7 +154,8 @@ class MixtureMethod(PoolingMethod):
         write_assignment_files(network, out_dir)
         if scores_all_pairs(network):
             m = network.num_supernets
-            task.matrix = ResultsTable(out_dir / ACCURACY_MATRIX_FILE, ("candidate", "label", *[f"m{j}" for j in range(m)]))
+            task.matrix = ResultsTable(out_dir / ACCURACY_MATRIX_FILE,
+                                       ("candidate", "label", *[f"m{j}" for j in range(m)]))
             restore_selection(network, out_dir)
 
     def load_trained(self, run_dir: Path, data: DataSplits) -> nn.Module:

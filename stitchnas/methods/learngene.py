@@ -24,9 +24,10 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -35,8 +36,9 @@ from stitching.anchors import AnchorRef, check_anchor_data, load_anchors
 from stitching.flops import anchor_flops
 from stitching.learngene import LearngeneDistiller, build_pool, init_stitches_from_matrices
 from stitching.learngene_train import DEFAULT_FINETUNE, DistillConfig, build_distiller, distill_students, finetune_pool
-from stitching.snnet import SNNet
+from stitching.snnet import AnchorModel, SNNet
 from stitching.trainer import StitchTrainConfig
+from stitchnas.core import records
 from stitchnas.core.checkpoints import load_checkpoint_weights, load_state_strict
 from stitchnas.core.evaluation import accuracy
 from stitchnas.core.io import atomic_torch_save, atomic_write_json, file_sha256, load_checkpoint, read_json
@@ -69,6 +71,8 @@ class LearngeneDistillRunConfig:
     data: DataSpec = field(default_factory=DataSpec)
     eval_batch_size: int = 256
 
+    json_kind: ClassVar[str] = "learngene_distill"
+
     def __post_init__(self) -> None:
         bs = self.eval_batch_size
         if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
@@ -76,18 +80,11 @@ class LearngeneDistillRunConfig:
         self.distill.check(dict(self.teacher.config))  # students and matched blocks fit the teacher
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "learngene_distill", "teacher": self.teacher.to_json(), "data": asdict(self.data),
-                "distill": self.distill.to_json(), "eval_batch_size": self.eval_batch_size}
+        return records.to_json(self)
 
     @classmethod
-    def from_json(cls, data: Any) -> "LearngeneDistillRunConfig":
-        if not isinstance(data, dict) or data.get("kind") != "learngene_distill":
-            raise ValueError("run config: not a learngene distillation run (expected kind 'learngene_distill')")
-        try:
-            return cls(teacher=AnchorRef.from_json(data["teacher"]), distill=DistillConfig.from_json(data["distill"]),
-                       data=DataSpec(**data["data"]), eval_batch_size=data["eval_batch_size"])
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"run config: malformed learngene distillation run ({type(err).__name__}: {err})") from err
+    def from_json(cls, data: Any, where: str = "run config") -> LearngeneDistillRunConfig:
+        return records.from_json(cls, data, where)
 
 
 @dataclass(frozen=True)
@@ -110,6 +107,8 @@ class LearngenePoolConfig:
     export_front: bool = True
     hv_reference: str = "evaluated"  # see stitchnas.search.pipeline.HV_REFERENCES
 
+    json_kind: ClassVar[str] = "learngene_pool"
+
     def __post_init__(self) -> None:
         if self.hv_reference not in HV_REFERENCES:
             raise ValueError(f"learngene pool 'hv_reference': expected one of {HV_REFERENCES}, "
@@ -124,23 +123,12 @@ class LearngenePoolConfig:
                 raise ValueError(f"learngene pool '{key}': expected an int >= 1, got {value!r}")
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "learngene_pool", "distill_run": self.distill_run, "students": list(self.students),
-                "init": self.init, "init_samples": self.init_samples, "finetune": self.finetune.to_json(),
-                "kernel_size": self.kernel_size, "stride": self.stride, "eval_batch_size": self.eval_batch_size,
-                "export_front": self.export_front, "hv_reference": self.hv_reference}
+        return records.to_json(self)
 
     @classmethod
-    def from_json(cls, data: Any) -> "LearngenePoolConfig":
-        if not isinstance(data, dict) or data.get("kind") != "learngene_pool":
-            raise ValueError("run config: not a learngene pool run (expected kind 'learngene_pool')")
-        try:
-            return cls(distill_run=data["distill_run"], students=tuple(data["students"]), init=data["init"],
-                       finetune=StitchTrainConfig.from_json(data["finetune"]),
-                       **{k: data[k] for k in ("init_samples", "kernel_size", "stride", "eval_batch_size",
-                                               "export_front")},
-                       hv_reference=data.get("hv_reference", "evaluated"))  # absent in older runs
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"run config: malformed learngene pool run ({type(err).__name__}: {err})") from err
+    def from_json(cls, data: Any, where: str = "run config") -> LearngenePoolConfig:
+        """Strict decoding; ``hv_reference`` is absent in runs written before it was recorded."""
+        return records.from_json(cls, data, where)
 
 
 @dataclass
@@ -151,7 +139,7 @@ class DistillOutcome:
 
 
 # --------------------------------------------------------------------------- stage 1
-def load_teacher(ref: AnchorRef, data: DataSplits) -> nn.Module:
+def load_teacher(ref: AnchorRef, data: DataSplits) -> AnchorModel:
     teacher = load_anchors([ref])[0]
     check_anchor_data([teacher], [ref.name], data)
     return teacher.eval()
@@ -208,7 +196,8 @@ def run_distill(
 def read_distill_run(folder: str | Path) -> tuple[LearngeneDistillRunConfig, dict[str, Any], LearngeneDistiller]:
     """A finished distillation run: its config, manifest and distiller (students + matrices)."""
     folder = Path(folder)
-    cfg = LearngeneDistillRunConfig.from_json(read_json(folder / RUN_CONFIG, "run config"))
+    cfg = LearngeneDistillRunConfig.from_json(read_json(folder / RUN_CONFIG, "run config"),
+                                              f"run config {folder / RUN_CONFIG}")
     manifest = read_json(folder / LEARNGENE_MANIFEST, "learngene manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != LEARNGENE_FORMAT:
         raise ValueError(f"learngene manifest {folder / LEARNGENE_MANIFEST}: 'format' must be {LEARNGENE_FORMAT!r}")
@@ -239,10 +228,10 @@ def pool_indices(distiller: LearngeneDistiller, names: tuple[str, ...]) -> list[
 def build_learngene_pool(cfg: LearngenePoolConfig, distiller: LearngeneDistiller, data: DataSplits) -> SNNet:
     """The pool of copies of the chosen students, stitching layers initialised per ``cfg.init``."""
     idx = pool_indices(distiller, cfg.students)
-    students = [copy.deepcopy(distiller.students[i]) for i in idx]
+    students = [copy.deepcopy(distiller.student(i)) for i in idx]
     pool = build_pool(students, [distiller.specs[i].name for i in idx], cfg.kernel_size, cfg.stride)
     if cfg.init == "matrices":
-        init_stitches_from_matrices(pool, [distiller.matrices[i] for i in idx])
+        init_stitches_from_matrices(pool, [distiller.student_matrices(i) for i in idx])
     else:
         pool.init_stitching_layers(init_batch(data, cfg.init_samples, cfg.finetune.seed))
     return pool.eval()
@@ -264,10 +253,10 @@ class LearngenePoolMethod(SearchMethod):
         self._data: DataSplits | None = None
 
     @classmethod
-    def from_run_config(cls, raw: Any) -> "LearngenePoolMethod":
+    def from_run_config(cls, raw: Any, where: str = "run config") -> LearngenePoolMethod:
         if not isinstance(raw, dict):
-            raise ValueError(f"run config: expected an object, got {type(raw).__name__}")
-        cfg = LearngenePoolConfig.from_json({k: v for k, v in raw.items() if k != "learngene_sha256"})
+            raise ValueError(f"{where}: expected an object, got {type(raw).__name__}")
+        cfg = LearngenePoolConfig.from_json({k: v for k, v in raw.items() if k != "learngene_sha256"}, where)
         return cls(cfg, expected_sha256=raw.get("learngene_sha256"))
 
     @property
@@ -321,7 +310,7 @@ class LearngenePoolMethod(SearchMethod):
     def load_trained(self, run_dir: Path, data: DataSplits) -> nn.Module:
         distiller = self.distill_run[2]
         idx = pool_indices(distiller, self.cfg.students)
-        pool = build_pool([copy.deepcopy(distiller.students[i]) for i in idx], [distiller.specs[i].name for i in idx],
+        pool = build_pool([copy.deepcopy(distiller.student(i)) for i in idx], [distiller.specs[i].name for i in idx],
                           self.cfg.kernel_size, self.cfg.stride)
         load_checkpoint_weights(pool, Path(run_dir) / POOL_CHECKPOINT, "a pool")
         return pool.eval()

@@ -13,17 +13,19 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
 from searchspace.pooling import PoolingConfig, PoolingSpace
+from stitchnas.core import records
 from stitchnas.core.evaluation import accuracy
 from stitchnas.core.io import file_sha256, load_checkpoint
-from stitchnas.core.records import Provenance, data_fields
+from stitchnas.core.records import OWN_JSON, Provenance, data_fields
 from stitchnas.core.runs import prepare_run_dir
 from stitchnas.data import DataSpec, DataSplits, load_data
 from stitchnas.search.candidates import CandidateEvaluator, CandidateTask, compact
@@ -43,7 +45,10 @@ RESULTS_FILE = "results.csv"
 
 @dataclass(frozen=True)
 class PoolingSearchConfig:
-    space: PoolingSpace
+    """A pooling search's ``run_config.json`` (``"kind": "pooling_search"``), decoded strictly;
+    ``max_candidates``, ``export_front``, ``mixture`` and ``hv_reference`` may be absent (older runs)."""
+
+    space: PoolingSpace = field(metadata=OWN_JSON)
     data: DataSpec = field(default_factory=DataSpec)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -51,6 +56,9 @@ class PoolingSearchConfig:
     export_front: bool = True
     mixture: MixtureConfig | None = None  # None: one supernet (SPOS); else BMS / GM mixture
     hv_reference: str = "evaluated"  # see stitchnas.search.pipeline.HV_REFERENCES
+
+    json_kind: ClassVar[str] = "pooling_search"
+    json_keep_none: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.hv_reference not in HV_REFERENCES:
@@ -61,36 +69,11 @@ class PoolingSearchConfig:
             self.mixture.check_space(self.space)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": "pooling_search",
-            "space": self.space.to_json(),
-            "data": asdict(self.data),
-            "train": self.train.to_json(),
-            "eval": self.eval.to_json(),
-            "max_candidates": self.max_candidates,
-            "export_front": self.export_front,
-            "mixture": self.mixture.to_json() if self.mixture is not None else None,
-            "hv_reference": self.hv_reference,
-        }
+        return records.to_json(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "PoolingSearchConfig":
-        if not isinstance(data, dict) or data.get("kind") != "pooling_search":
-            raise ValueError("run config: not a pooling search run (expected kind 'pooling_search')")
-        try:
-            return cls._from_json(data)
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"run config: malformed pooling search run ({type(err).__name__}: {err})") from err
-
-    @classmethod
-    def _from_json(cls, data: dict[str, Any]) -> "PoolingSearchConfig":
-        return cls(
-            space=PoolingSpace.from_json(data["space"]), data=DataSpec(**data["data"]),
-            train=TrainConfig(**data["train"]), eval=EvalConfig(**data["eval"]),
-            max_candidates=data.get("max_candidates"), export_front=data.get("export_front", True),
-            mixture=MixtureConfig(**data["mixture"]) if data.get("mixture") else None,
-            hv_reference=data.get("hv_reference", "evaluated"),  # absent in runs before it was recorded
-        )
+    def from_json(cls, data: Any, where: str = "run config") -> PoolingSearchConfig:
+        return records.from_json(cls, data, where)
 
 
 class SupernetTrainer(Protocol):
@@ -99,7 +82,7 @@ class SupernetTrainer(Protocol):
     plugs in here. It leaves its checkpoint at ``ctx.checkpoint`` in
     :func:`supernet.training.train`'s format, so resuming and exporting work whichever wrote it."""
 
-    def __call__(self, ctx: "SupernetTraining") -> None: ...
+    def __call__(self, ctx: SupernetTraining) -> None: ...
 
 
 @dataclass
@@ -108,7 +91,7 @@ class SupernetTraining:
 
     supernet: PoolingSuperNet | MixtureOfSuperNets
     data: DataSplits
-    cfg: "PoolingSearchConfig"
+    cfg: PoolingSearchConfig
     checkpoint: Path
     out_dir: Path
     resume: bool = False
@@ -191,7 +174,7 @@ class PoolingTask(CandidateTask):
     def sample(self, size: int, seed: int) -> list[int]:
         return [self.space.index(c) for c in select_candidates(self.space, size, seed)]
 
-    def evaluator(self) -> "PoolingEvaluator":
+    def evaluator(self) -> CandidateEvaluator:
         if self.supernet is None or self.eval_cfg is None:
             raise ValueError("pooling task: scoring needs the trained supernet and an evaluation config")
         return PoolingEvaluator(
@@ -230,7 +213,7 @@ class PoolingEvaluator(CandidateEvaluator):
         space = PoolingSpace.from_json(self.space)
         supernet = build_supernet(space, ModelSpec(*self.spec))
         supernet.load_state_dict(self.weights)
-        eval_cfg = EvalConfig(**{**self.eval_cfg, "device": device})
+        eval_cfg = EvalConfig.from_json({**self.eval_cfg, "device": device}, "pooling evaluator")
         calib = torch.utils.data.TensorDataset(*self.calib)
         val = torch.utils.data.TensorDataset(*self.val)
         return lambda index: evaluate_path(supernet, space.config(index), calib, val, eval_cfg)
@@ -260,7 +243,7 @@ def encode_positions(config: PoolingConfig) -> dict[str, int]:
 
 def export_pooling_candidate(
     folder: Path,
-    supernet: PoolingSuperNet,
+    supernet: PoolingSuperNet | MixtureOfSuperNets,
     space: PoolingSpace,
     config: PoolingConfig,
     data: DataSplits,
@@ -316,8 +299,8 @@ class PoolingMethod(SearchMethod):
         self.cfg, self.trainer = cfg, trainer
 
     @classmethod
-    def from_run_config(cls, raw: Any) -> "PoolingMethod":
-        return cls(PoolingSearchConfig.from_json(raw))
+    def from_run_config(cls, raw: Any, where: str = "run config") -> PoolingMethod:
+        return cls(PoolingSearchConfig.from_json(raw, where))
 
     def run_config(self) -> dict[str, Any]:
         return self.cfg.to_json()
@@ -403,7 +386,7 @@ def train_standalone(
     data_spec: DataSpec,
     train_cfg: TrainConfig,
     out_dir: str | Path,
-    eval_cfg: EvalConfig = EvalConfig(),
+    eval_cfg: EvalConfig | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> Path:
@@ -411,7 +394,7 @@ def train_standalone(
     from supernet.networks import build_model
 
     run_config = {"kind": "pooling_train", "space": space.to_json(), "config": config.to_json(),
-                  "data": asdict(data_spec), "train": train_cfg.to_json()}
+                  "data": data_spec.to_json(), "train": train_cfg.to_json()}
     out = prepare_run_dir(out_dir, run_config, resume)
     data = load_data(data_spec)
     space.check_input_size(data.input_size)
@@ -423,7 +406,8 @@ def train_standalone(
     provenance = Provenance(source="standalone", run_dir=str(out.resolve()), checkpoint_sha256=file_sha256(ckpt),
                             **data_fields(data_spec))
     folder = out / "model"
-    _export_pooling_model(folder, model, space, config, data, eval_cfg, provenance, {}, val_is_held_out=False)
+    _export_pooling_model(folder, model, space, config, data, eval_cfg or EvalConfig(), provenance, {},
+                          val_is_held_out=False)
     log.info("trained model exported to %s", folder)
     return folder
 

@@ -25,21 +25,23 @@ import json
 import logging
 import re
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from searchspace.samplers import ConfigSampler, FlopsGroupedSampler
 from searchspace.stitch import Segment, StitchConfig
-from searchspace.stitch_v2 import ROUTE_TYPES, StitchSpaceV2
+from searchspace.stitch_v2 import ROUTE_TYPES, RouteType, StitchSpaceV2
 from stitching.anchors import AnchorRef, check_anchor_data, load_anchors
 from stitching.flops import flops_table
 from stitching.lowrank import LowRankStitchingLayer
 from stitching.snnet import SNNet, anchor_space, build_anchor, check_compatible, stitched_model_config
 from stitching.trainer import SamplingConfig, StitchTrainConfig, train_network
+from stitchnas.core import records
 from stitchnas.core.checkpoints import load_checkpoint_weights
 from stitchnas.core.evaluation import accuracy
 from stitchnas.core.io import file_sha256
@@ -92,9 +94,13 @@ class StitchSearchConfig:
     lora_rank: int | None = None
     hv_reference: str = "evaluated"  # see stitchnas.search.pipeline.HV_REFERENCES
 
+    json_kind: ClassVar[str] = "stitch_search"
+    json_keep_none: ClassVar[bool] = True  # v1 writes "route_types": null
+
     def __post_init__(self) -> None:
         if self.hv_reference not in HV_REFERENCES:
-            raise ValueError(f"stitch search 'hv_reference': expected one of {HV_REFERENCES}, got {self.hv_reference!r}")
+            raise ValueError(f"stitch search 'hv_reference': expected one of {HV_REFERENCES}, "
+                             f"got {self.hv_reference!r}")
         object.__setattr__(self, "anchors", tuple(self.anchors))  # a list given is frozen, not changed
         if len(self.anchors) < 2:
             raise ValueError(f"stitch search 'anchors': expected at least 2 anchors, got {len(self.anchors)}")
@@ -135,7 +141,7 @@ class StitchSearchConfig:
         return (self.anchors[0], self.anchors[-1]) if self.version == "v2" else self.anchors
 
     @property
-    def effective_route_types(self) -> tuple[str, ...] | None:
+    def effective_route_types(self) -> tuple[RouteType, ...] | None:
         """v2: the route types kept, in :data:`ROUTE_TYPES` order; v1: None."""
         if self.version != "v2":
             return None
@@ -157,37 +163,20 @@ class StitchSearchConfig:
             return self.lora_rank
         return V2_LORA_RANK if self.version == "v2" else 0
 
+    def resolved(self) -> StitchSearchConfig:
+        """This config with the version's defaults filled in and only the anchors stitched."""
+        return replace(self, anchors=self.stitched_anchors, route_types=self.effective_route_types,
+                       sampling=self.effective_sampling, lora_rank=self.effective_lora_rank)
+
     def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": "stitch_search", "anchors": [a.to_json() for a in self.stitched_anchors], "data": asdict(self.data),
-            "train": self.train.to_json(), "init_samples": self.init_samples, "nearest": self.nearest,
-            "kernel_size": self.kernel_size, "stride": self.stride, "eval_batch_size": self.eval_batch_size,
-            "export_front": self.export_front, "version": self.version,
-            "route_types": list(rt) if (rt := self.effective_route_types) is not None else None,
-            "sampling": self.effective_sampling.to_json(), "lora_rank": self.effective_lora_rank,
-            "hv_reference": self.hv_reference,
-        }
+        """The :meth:`resolved` config (``run_config.json``)."""
+        return records.to_json(self.resolved())
 
     @classmethod
-    def from_json(cls, data: Any) -> "StitchSearchConfig":
-        if not isinstance(data, dict) or data.get("kind") != "stitch_search":
-            raise ValueError("run config: not an SN-Net run (expected kind 'stitch_search')")
-        try:
-            # run folders written before SN-Netv2 was wired have no version options: SN-Net defaults
-            sampling = data.get("sampling")
-            return cls(
-                anchors=tuple(AnchorRef.from_json(a) for a in data["anchors"]), data=DataSpec(**data["data"]),
-                train=StitchTrainConfig.from_json(data["train"]),
-                **{k: data[k] for k in ("init_samples", "nearest", "kernel_size", "stride", "eval_batch_size",
-                                        "export_front")},
-                version=data.get("version", "v1"),
-                route_types=tuple(data["route_types"]) if data.get("route_types") is not None else None,
-                sampling=SamplingConfig.from_json(sampling) if sampling is not None else None,
-                lora_rank=data.get("lora_rank"),
-                hv_reference=data.get("hv_reference", "evaluated"),  # absent in runs before it was recorded
-            )
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"run config: malformed SN-Net run ({type(err).__name__}: {err})") from err
+    def from_json(cls, data: Any, where: str = "run config") -> StitchSearchConfig:
+        """Strict decoding; run folders written before SN-Netv2 was wired have no ``version``,
+        ``route_types``, ``sampling`` or ``lora_rank`` (SN-Net's defaults), nor ``hv_reference``."""
+        return records.from_json(cls, data, where)
 
 
 # --------------------------------------------------------------------------- building
@@ -282,7 +271,7 @@ class StitchTask(CandidateTask):
         """The largest anchor (ids ``0..A-1`` are the anchors; a stitch may cost more)."""
         return max(range(self.snnet.space.num_anchors), key=self.flops)
 
-    def evaluator(self) -> "StitchEvaluator":
+    def evaluator(self) -> StitchEvaluator:
         return StitchEvaluator(key=uuid.uuid4().hex, network=self.snnet, batch_size=self.batch_size,
                                val=tuple(compact(t) for t in self.data.search_val.tensors))
 
@@ -402,8 +391,8 @@ class SNNetMethod(SearchMethod):
         self._data: DataSplits | None = None
 
     @classmethod
-    def from_run_config(cls, raw: Any) -> "SNNetMethod":
-        return cls(StitchSearchConfig.from_json(raw))
+    def from_run_config(cls, raw: Any, where: str = "run config") -> SNNetMethod:
+        return cls(StitchSearchConfig.from_json(raw, where))
 
     def run_config(self) -> dict[str, Any]:
         return self.cfg.to_json()
@@ -466,7 +455,7 @@ class SNNetMethod(SearchMethod):
 
     def title(self, network: nn.Module, data: DataSplits, what: str) -> str:
         assert isinstance(network, SNNet)
-        family = network.anchors[0].config["family"]
+        family = network.anchor(0).config["family"]
         method = "SN-Netv2" if isinstance(network.space, StitchSpaceV2) else "SN-Net"
         return f"{method} ({family}, {len(network.space)} configurations, {what}) on {data.name}"
 

@@ -18,9 +18,10 @@ import logging
 import random
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -194,6 +195,33 @@ def evaluate_in_process(job: CandidateJob) -> None:
         score_candidates(job.table, job.task, todo, job.task.evaluator().prepare(job.device), job.progress)
 
 
+def check_results(table: ResultsTable, task: CandidateTask) -> None:
+    """Refuse a results table that cannot belong to ``task``'s run, before anything is added
+    to it: a candidate that is not an index of the task, one that appears twice, an unknown
+    status, or an ``ok`` row without a finite accuracy.
+
+    Raises:
+        ValueError: One line naming the file and the line.
+    """
+    import math
+
+    seen: dict[str, int] = {}
+    for line, row in enumerate(table.rows(), start=2):
+        key = str(row.get("candidate"))
+        where = f"results table {table.path}: line {line}"
+        if not key.isdigit() or int(key) >= len(task):
+            raise ValueError(f"{where}: candidate {key!r} is not a candidate of this run "
+                             f"(expected an index in 0..{len(task) - 1}); start a new run folder")
+        if key in seen:
+            raise ValueError(f"{where}: candidate {key} is already on line {seen[key]}")
+        seen[key] = line
+        status, acc = row.get("status"), row.get("val_acc")
+        if status not in ("ok", "failed"):
+            raise ValueError(f"{where}: status {status!r}, expected 'ok' or 'failed'")
+        if status == "ok" and not (isinstance(acc, (int, float)) and math.isfinite(acc)):
+            raise ValueError(f"{where}: candidate {key} is 'ok' without a finite val_acc (got {acc!r})")
+
+
 def pending(table: ResultsTable, candidates: Sequence[int]) -> list[int]:
     """The candidates without a row in ``table`` yet (logs how many are done)."""
     done = table.done_keys("candidate")
@@ -222,7 +250,7 @@ def score_candidates(table: ResultsTable, task: CandidateTask, candidates: Seque
         table.append(row)
 
 
-def compact(tensor: "torch.Tensor") -> "torch.Tensor":
+def compact(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` itself if it owns its whole storage, else a copy: pickling a view (a slice
     of a larger data set) would ship the whole storage to every Ray worker."""
     if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
@@ -232,6 +260,7 @@ def compact(tensor: "torch.Tensor") -> "torch.Tensor":
 
 __all__: Sequence[str] = [
     "CANDIDATE_ERRORS", "CandidateEvaluator", "CandidateJob", "CandidateTask", "EvaluationBackend",
-    "LookupEvaluator", "SEARCH_STATE_FILE", "SEARCH_SUMMARY_FILE", "Score", "Scorer", "clear_results", "compact",
+    "LookupEvaluator", "SEARCH_STATE_FILE", "SEARCH_SUMMARY_FILE", "Score", "Scorer", "check_results", "clear_results",
+    "compact",
     "evaluate_in_process", "pending", "score_candidates", "split_score",
 ]

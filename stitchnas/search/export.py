@@ -12,7 +12,7 @@ import datetime as _dt
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import nn
@@ -125,7 +125,28 @@ def read_model_record(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return record_path.parent, record
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", return_record: bool = False):
+@overload
+def load_model(path: str | Path, device: str | torch.device = ..., return_record: Literal[False] = ...) -> nn.Module:
+    ...
+
+
+@overload
+def load_model(
+    path: str | Path, device: str | torch.device = ..., *, return_record: Literal[True]
+) -> tuple[nn.Module, dict[str, Any]]:
+    ...
+
+
+@overload
+def load_model(
+    path: str | Path, device: str | torch.device = ..., return_record: bool = ...
+) -> nn.Module | tuple[nn.Module, dict[str, Any]]:
+    ...
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", return_record: bool = False
+) -> nn.Module | tuple[nn.Module, dict[str, Any]]:
     """Rebuild an exported model in eval mode (optionally with its record, as a dict).
 
     Every problem with the folder (a bad ``model.json``, a missing, swapped or mismatched

@@ -12,8 +12,9 @@ at least one. Identical points never dominate each other, so duplicates share th
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -20,10 +20,12 @@ a finished run.
 from __future__ import annotations
 
 import logging
+import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
@@ -35,6 +37,7 @@ from stitchnas.search.candidates import (
     CandidateJob,
     CandidateTask,
     EvaluationBackend,
+    check_results,
     clear_results,
     evaluate_in_process,
 )
@@ -46,7 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.csv"
-EXPORTS_DIR = "exports"
+EXPORTS_DIR = "exports"  # the final front's models, and nothing else
+SELECTED_DIR = "selected"  # models exported on request (export_from_run)
 #: Hypervolume reference points: 1.1 x the largest *evaluated* FLOPs, or 1.1 x the largest
 #: FLOPs of the whole *space* (fronts of different searches on one space are comparable).
 HV_REFERENCES: tuple[str, ...] = ("evaluated", "space")
@@ -205,7 +209,7 @@ class SearchResult:
         return [ResultRow.from_row(r) for r in self.summary.front]
 
     @property
-    def results(self) -> "pd.DataFrame":
+    def results(self) -> pd.DataFrame:
         """Every candidate's row as a ``pandas.DataFrame`` (columns :data:`RESULT_COLUMNS`)."""
         import pandas as pd
 
@@ -213,7 +217,7 @@ class SearchResult:
 
     def export(self, candidate: int | str | ResultRow, out_dir: str | Path | None = None) -> Path:
         """Export any candidate of the run as a standalone model (default folder:
-        ``RUN/exports/<name>``). Accepts an index, the method's notation or a front row."""
+        ``RUN/selected/<name>``). Accepts an index, the method's notation or a front row."""
         if self.method is None:
             raise ValueError("this result has no method to export with")
         key = candidate.candidate if isinstance(candidate, ResultRow) else candidate
@@ -230,8 +234,11 @@ def _claim(method: SearchMethod, out_dir: str | Path, resume: bool) -> Path:
     path = Path(out_dir) / RUN_CONFIG
     if resume and path.exists():
         previous = read_json(path, "run config")
+        if not isinstance(previous, dict):
+            raise ValueError(f"run config {path}: expected a JSON object, got {type(previous).__name__}")
         try:
-            normalised = type(method).from_run_config(previous).run_config()  # type: ignore[attr-defined]
+            rebuilt = type(method).from_run_config(previous, f"run config {path}")  # type: ignore[attr-defined]
+            normalised = rebuilt.run_config()
         except ValueError:
             normalised = None
         if normalised == current and previous != current:
@@ -251,6 +258,7 @@ def _score(method: SearchMethod, network: nn.Module, data: DataSplits, out: Path
     task = method.task(network, data)
     method.open_run(network, task, out)
     table = ResultsTable(out / RESULTS_FILE, RESULT_COLUMNS)
+    check_results(table, task)  # a resumed table must belong to this run
     backend(CandidateJob(task, table, method.candidates(task), out, seed=method.seed,
                          subset_size=method.subset_size, progress=progress, device=method.device))
     log.info("results: %s", out / RESULTS_FILE)
@@ -285,6 +293,8 @@ def run_search(
     rows, summary, _ = _score(method, network, data, out, backend, progress, method.trained_label())
     exports: list[Path] = []
     if method.export_front:
+        _remove_stale_exports(out / EXPORTS_DIR, {method.export_dir_name(network, int(r["candidate"]))
+                                                  for r in summary.front})
         provenance = method.provenance(out)
         for row in summary.front:
             index = int(row["candidate"])
@@ -293,6 +303,16 @@ def run_search(
         log.info("exported %d Pareto-optimal models to %s", len(exports), out / EXPORTS_DIR)
     log.info("Pareto front: %s (%d of %d %s)", out / "pareto.json", len(summary.front), len(rows), method.noun)
     return SearchResult(out, rows, summary, exports, history, method=method, run_dir=out)
+
+
+def _remove_stale_exports(folder: Path, keep: set[str]) -> None:
+    """``exports/`` holds exactly the final front: a model an earlier (partial or older) front
+    exported and the final front dominates is removed."""
+    if not folder.is_dir():
+        return
+    for stale in sorted(p for p in folder.iterdir() if p.name not in keep):
+        shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
+        log.info("removed %s: not on the final Pareto front", stale)
 
 
 def evaluate_run(
@@ -321,7 +341,7 @@ def evaluate_run(
 def export_from_run(method: SearchMethod, run_dir: str | Path, candidate: int | str,
                     out_dir: str | Path | None = None) -> Path:
     """Export one candidate of a finished run with the weights of its last checkpoint (default
-    folder ``RUN/exports/<name>``); its recorded search accuracy comes from ``results.csv``."""
+    folder ``RUN/selected/<name>``); its recorded search accuracy comes from ``results.csv``."""
     run = Path(run_dir)
     data = method.load_data()
     network = method.load_trained(run, data)
@@ -330,7 +350,7 @@ def export_from_run(method: SearchMethod, run_dir: str | Path, candidate: int | 
     if (run / RESULTS_FILE).exists():
         rows = ResultsTable(run / RESULTS_FILE, RESULT_COLUMNS).rows()
         recorded = next((r["val_acc"] for r in rows if str(r["candidate"]) == str(index)), None)
-    folder = Path(out_dir) if out_dir is not None else run / EXPORTS_DIR / method.export_dir_name(network, index)
+    folder = Path(out_dir) if out_dir is not None else run / SELECTED_DIR / method.export_dir_name(network, index)
     return method.export(folder, network, index, data, method.provenance(run), search_val_acc=recorded)
 
 
@@ -339,6 +359,6 @@ def rows_by_candidate(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any
 
 
 __all__ = [
-    "EXPORTS_DIR", "HV_REFERENCES", "RESULTS_FILE", "SearchMethod", "SearchResult", "TrainContext", "evaluate_run",
-    "export_from_run", "run_search",
+    "EXPORTS_DIR", "HV_REFERENCES", "RESULTS_FILE", "SELECTED_DIR", "SearchMethod", "SearchResult", "TrainContext",
+    "evaluate_run", "export_from_run", "run_search",
 ]

@@ -9,8 +9,9 @@ arXiv 2306.11982, Figure 3) and few-shot NAS judge a supernet. Implemented with 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -173,7 +174,10 @@ class RankingReport:
         return data
 
 
-def _values(table: Mapping[Hashable, Any], keys: list[Hashable], name: str) -> np.ndarray:
+K = TypeVar("K", bound=Hashable)  # a candidate key
+
+
+def _values(table: Mapping[K, Any], keys: list[K], name: str) -> np.ndarray:
     out = np.empty(len(keys), dtype=np.float64)
     for i, key in enumerate(keys):
         value = table[key]
@@ -186,12 +190,12 @@ def _values(table: Mapping[Hashable, Any], keys: list[Hashable], name: str) -> n
     return out
 
 
-def _preview(keys: list[Hashable]) -> str:
+def _preview(keys: Sequence[Hashable]) -> str:
     shown = ", ".join(repr(k) for k in keys[:5])
     return f"[{shown}{', ...' if len(keys) > 5 else ''}] ({len(keys)} keys)"
 
 
-def compare(est: Mapping[Hashable, float], truth: Mapping[Hashable, float],
+def compare(est: Mapping[K, float], truth: Mapping[K, float],
             ks: Sequence[int] = (1, 3, 5, 10)) -> RankingReport:
     """Compares estimated and true scores of the same candidates (higher is better).
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from searchspace.pooling import PoolingSpace
 from stitchnas.core.io import ResultsTable, atomic_write_json, read_json

@@ -11,21 +11,26 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
 
 from searchspace.pooling import PoolingConfig, PoolingSpace
+from stitchnas.core.evaluation import accuracy
+from stitchnas.core.io import ResultsTable, atomic_write_text, read_json
+from stitchnas.core.records import OWN_JSON, to_json
+from stitchnas.core.runs import prepare_run_dir
 from stitchnas.data import DataSpec, load_data
 from supernet.flops import pooling_flops
-from stitchnas.core.io import ResultsTable, atomic_write_text, read_json
-from stitchnas.core.runs import prepare_run_dir
-from stitchnas.core.evaluation import accuracy
 from supernet.networks import ModelSpec, build_model
 from supernet.training import TrainConfig, train
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +40,14 @@ TRUTH_COLUMNS = ("key", "candidate", "label", "seed", "flops", "test_acc", "trai
 
 @dataclass(frozen=True)
 class TruthConfig:
-    space: PoolingSpace
+    space: PoolingSpace = field(metadata=OWN_JSON)
     data: DataSpec
     train: TrainConfig
     seeds: tuple[int, ...] = (0, 1)
     candidates: tuple[int, ...] | None = None  # configuration indices; None = all
+
+    json_kind: ClassVar[str] = "pooling_truth"
+    json_keep_none: ClassVar[bool] = True  # "candidates": null
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -49,9 +57,7 @@ class TruthConfig:
                 self.space.config(i)  # validates the index
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "pooling_truth", "space": self.space.to_json(), "data": asdict(self.data),
-                "train": self.train.to_json(), "seeds": list(self.seeds),
-                "candidates": list(self.candidates) if self.candidates is not None else None}
+        return to_json(self)
 
     def configurations(self) -> list[PoolingConfig]:
         if self.candidates is None:
@@ -100,7 +106,7 @@ def write_summary(out: Path) -> Path:
     return path
 
 
-def read_truth_rows(paths: str | Path | Sequence[str | Path], space: PoolingSpace | None = None):
+def read_truth_rows(paths: str | Path | Sequence[str | Path], space: PoolingSpace | None = None) -> pd.DataFrame:
     """All rows of one or more ground-truth folders (e.g. one per seed) as a DataFrame.
 
     With ``space``, every folder must have been made for that space.
@@ -130,7 +136,8 @@ def read_truth_rows(paths: str | Path | Sequence[str | Path], space: PoolingSpac
     # deterministic, so a repeated (configuration, seed) must repeat its accuracy exactly.
     repeated = rows[rows["key"].duplicated(keep=False)]
     if not repeated.groupby("key")["test_acc"].nunique().le(1).all():
-        raise ValueError(f"ground truth {', '.join(map(str, paths))}: one (configuration, seed) has different accuracies")
+        raise ValueError(f"ground truth {', '.join(map(str, paths))}: "
+                         "one (configuration, seed) has different accuracies")
     return rows.drop_duplicates("key").reset_index(drop=True)
 
 
@@ -175,7 +182,7 @@ def seed_noise(paths: str | Path | Sequence[str | Path]) -> dict[str, float]:
     }
 
 
-def seed_agreement(by_seed) -> float:
+def seed_agreement(by_seed: pd.DataFrame) -> float:
     """Mean Kendall tau between the rankings two seeds give (over every pair of seeds and the
     configurations both trained; NaN with fewer than two seeds). How well the ground truth
     agrees with itself: a search's tau against it can hardly exceed this by much."""
