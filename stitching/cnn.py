@@ -12,13 +12,14 @@ each of three stages) suit 16x16 one-channel digits.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from stitching.layers import LayerKind
+from stitching.presets import Presets
 
 RESNET_FAMILY = "resnet"
 
@@ -202,12 +203,8 @@ class ResNetAnchor(nn.Module):
         return part
 
 
-RESNET_PRESETS: dict[str, Callable[..., ResNetAnchor]] = {}
-
-
-def register_resnet(fn: Callable[..., ResNetAnchor]) -> Callable[..., ResNetAnchor]:
-    RESNET_PRESETS[fn.__name__] = fn
-    return fn
+RESNET_PRESETS: Presets[ResNetAnchor] = Presets()
+register_resnet = RESNET_PRESETS.register
 
 
 @register_resnet

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stitching.layers import LayerKind
+from stitching.presets import Presets
 
 VIT_FAMILY = "vit"
 
@@ -293,13 +294,8 @@ class VisionTransformer(nn.Module):
 
 
 # --------------------------------------------------------------------------- presets
-VIT_PRESETS: dict[str, Callable[..., VisionTransformer]] = {}
-
-
-def register_vit(fn: Callable[..., VisionTransformer]) -> Callable[..., VisionTransformer]:
-    """Add a preset to :data:`VIT_PRESETS` (does not touch ``__all__``)."""
-    VIT_PRESETS[fn.__name__] = fn
-    return fn
+VIT_PRESETS: Presets[VisionTransformer] = Presets()
+register_vit = VIT_PRESETS.register
 
 
 @register_vit

@@ -244,6 +244,7 @@ class LearngenePoolMethod(SearchMethod):
     ``run_config.json`` also records the SHA-256 of the distillation run's ``learngene.pt``:
     resuming, re-evaluating or exporting against changed students fails."""
 
+    cfg: LearngenePoolConfig
     checkpoint_file = POOL_CHECKPOINT
     noun = "descendants"
 
@@ -274,20 +275,8 @@ class LearngenePoolMethod(SearchMethod):
         return {**self.cfg.to_json(), "learngene_sha256": self.distill_run[1]["sha256"]}
 
     @property
-    def hv_reference(self) -> str:
-        return self.cfg.hv_reference
-
-    @property
-    def seed(self) -> int:
-        return self.cfg.finetune.seed
-
-    @property
-    def device(self) -> str:
-        return self.cfg.finetune.device
-
-    @property
-    def export_front(self) -> bool:
-        return self.cfg.export_front
+    def recipe(self) -> StitchTrainConfig:
+        return self.cfg.finetune
 
     def load_data(self) -> DataSplits:
         if self._data is None:

@@ -291,6 +291,7 @@ class PoolingMethod(SearchMethod):
     """The pooling search as a :class:`~stitchnas.search.pipeline.SearchMethod` (SPOS, or a
     supernet mixture when ``cfg.mixture`` is set: see :mod:`stitchnas.methods.bms`)."""
 
+    cfg: PoolingSearchConfig
     checkpoint_file = SUPERNET_CHECKPOINT
 
     def __init__(self, cfg: PoolingSearchConfig, trainer: SupernetTrainer = train_supernet) -> None:
@@ -306,20 +307,8 @@ class PoolingMethod(SearchMethod):
         return self.cfg.to_json()
 
     @property
-    def hv_reference(self) -> str:
-        return self.cfg.hv_reference
-
-    @property
-    def seed(self) -> int:
-        return self.cfg.train.seed
-
-    @property
-    def device(self) -> str:
-        return self.cfg.train.device
-
-    @property
-    def export_front(self) -> bool:
-        return self.cfg.export_front
+    def recipe(self) -> TrainConfig:
+        return self.cfg.train
 
     @property
     def subset_size(self) -> int | None:

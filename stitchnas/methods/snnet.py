@@ -383,6 +383,7 @@ class SNNetMethod(SearchMethod):
     """SN-Net / SN-Netv2 as a :class:`~stitchnas.search.pipeline.SearchMethod`: anchors from
     their files, least-squares stitching layers, joint training, every configuration scored."""
 
+    cfg: StitchSearchConfig
     checkpoint_file = SNNET_CHECKPOINT
     noun = "configurations"
 
@@ -398,20 +399,8 @@ class SNNetMethod(SearchMethod):
         return self.cfg.to_json()
 
     @property
-    def hv_reference(self) -> str:
-        return self.cfg.hv_reference
-
-    @property
-    def seed(self) -> int:
-        return self.cfg.train.seed
-
-    @property
-    def device(self) -> str:
-        return self.cfg.train.device
-
-    @property
-    def export_front(self) -> bool:
-        return self.cfg.export_front
+    def recipe(self) -> StitchTrainConfig:
+        return self.cfg.train
 
     def load_data(self) -> DataSplits:
         if self._data is None:

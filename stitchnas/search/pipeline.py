@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from torch import nn
 
@@ -77,6 +77,26 @@ class TrainContext:
     on_step: Callable[[int], None] | None = None
 
 
+class SearchConfig(Protocol):
+    """What the pipeline reads from any method's config."""
+
+    @property
+    def hv_reference(self) -> str: ...
+
+    @property
+    def export_front(self) -> bool: ...
+
+
+class Recipe(Protocol):
+    """What the pipeline reads from any training recipe (TrainConfig, StitchTrainConfig)."""
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def device(self) -> str: ...
+
+
 class SearchMethod(ABC):
     """What one search method tells the pipeline. Implementations: :mod:`stitchnas.methods`.
 
@@ -95,22 +115,30 @@ class SearchMethod(ABC):
     def run_config(self) -> dict[str, Any]:
         """The run's options as JSON (with a ``"kind"`` naming the method)."""
 
+    #: The method's config; every search config has ``hv_reference`` and ``export_front``.
+    cfg: SearchConfig
+
+    @property
+    @abstractmethod
+    def recipe(self) -> Recipe:
+        """The training recipe (its ``seed`` and ``device`` are the run's)."""
+
     @property
     def hv_reference(self) -> str:
         """``"evaluated"`` or ``"space"`` (see :data:`HV_REFERENCES`)."""
-        return "evaluated"
+        return self.cfg.hv_reference
 
     @property
     def seed(self) -> int:
-        return 0
+        return self.recipe.seed
 
     @property
     def device(self) -> str:
-        return "cpu"
+        return self.recipe.device
 
     @property
     def export_front(self) -> bool:
-        return True
+        return self.cfg.export_front
 
     # ------------------------------------------------------------------ stages
     @abstractmethod
