@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stitching.cnn import RESNET_PRESETS, create_resnet
+from stitching.checkpoint import AdaptationReport, PretrainedCfg, load_checkpoint
+from stitching.cnn import RESNET_PRESETS, RESNET_PRETRAINED_CFGS, TIMM_RESNET_PRESETS, create_resnet
 from stitching.flops import anchor_flops
 from stitching.snnet import AnchorModel, StitchAnchor, build_anchor
-from stitching.vit import VIT_PRESETS, create_vit, load_checkpoint
+from stitching.vit import VIT_PRESETS, VIT_PRETRAINED_CFGS, create_vit
 from stitchnas.core.io import file_sha256, read_versioned_json
 from stitchnas.core.records import ANCHORS_FORMAT, ANCHORS_FORMAT_VERSION, AnchorManifest, from_json, to_json
 
@@ -38,12 +39,21 @@ def create_anchor(preset: str, **overrides: Any) -> AnchorModel:
     try:
         if preset in VIT_PRESETS:
             return create_vit(preset, **overrides)
-        if preset in RESNET_PRESETS:
+        if preset in RESNET_PRESETS or preset in TIMM_RESNET_PRESETS:
             return create_resnet(preset, **overrides)
     except TypeError as err:  # an override the preset's constructor does not take
         raise ValueError(f"anchor preset {preset!r}: bad overrides {sorted(overrides)} ({err})") from None
-    known = sorted(VIT_PRESETS) + sorted(RESNET_PRESETS)
+    known = sorted(VIT_PRESETS) + sorted(RESNET_PRESETS) + sorted(TIMM_RESNET_PRESETS)
     raise ValueError(f"anchor preset {preset!r}: unknown, expected one of {known}")
+
+
+def pretrained_cfg(preset: str) -> PretrainedCfg:
+    """The preset's pretrained weights' settings (normalisation ``mean``/``std``, None for the
+    data's own statistics; input size; classes), as timm's ``pretrained_cfg``."""
+    cfgs = {**VIT_PRETRAINED_CFGS, **RESNET_PRETRAINED_CFGS}
+    if preset not in cfgs:
+        raise ValueError(f"anchor preset {preset!r}: unknown, expected one of {sorted(cfgs)}")
+    return cfgs[preset]
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,12 @@ def read_anchor_manifest(path: str | Path) -> AnchorManifest:
 
 
 def read_anchor_folder(folder: str | Path) -> list[AnchorRef]:
-    """The anchors listed in ``folder/anchors.json``, in manifest order (small -> large)."""
+    """The anchors listed in ``folder/anchors.json``, in manifest order (small -> large).
+
+    An anchor whose manifest entry records a ``sha256`` must still have that file: a weights
+    file replaced, truncated or retrained since is refused (one line naming the anchor and the
+    file); a missing file is reported when it is loaded.
+    """
     folder = Path(folder)
     path = folder / MANIFEST_FILE if folder.is_dir() or not folder.suffix else folder
     if not path.exists():
@@ -89,19 +104,31 @@ def read_anchor_folder(folder: str | Path) -> list[AnchorRef]:
     refs = []
     for entry in manifest.anchors:
         weights = (path.parent / entry.file).resolve()
-        refs.append(AnchorRef(entry.name, dict(entry.config), str(weights), _sha_if_exists(weights)))
+        sha = _sha_if_exists(weights)
+        if entry.sha256 and sha and sha != entry.sha256.lower():
+            raise ValueError(f"anchor {entry.name} file {weights}: changed since it was trained "
+                             f"(SHA-256 differs from {path.name})")
+        refs.append(AnchorRef(entry.name, dict(entry.config), str(weights), sha))
     return refs
 
 
-def anchor_refs_from_files(items: Sequence[tuple[str, str]], input_size: int | None = None) -> list[AnchorRef]:
+def anchor_refs_from_files(
+    items: Sequence[tuple[str, str]],
+    input_size: int | None = None,
+    in_chans: int | None = None,
+    num_classes: int | None = None,
+) -> list[AnchorRef]:
     """Anchors given as ``(preset, checkpoint path)`` pairs (e.g. local timm DeiT files),
-    ordered small -> large by FLOPs. ``input_size`` rebuilds the presets at the data's
-    resolution (position embeddings are resized on load, as timm does)."""
+    ordered small -> large by FLOPs. ``input_size``, ``in_chans`` and ``num_classes`` rebuild the
+    presets for the data; the checkpoints are adapted on load as timm does (position embeddings
+    resized, the first conv adapted to the channels, a classifier of another class count
+    replaced by a fresh one; see :mod:`stitching.checkpoint`)."""
     if len(items) < 2:
         raise ValueError(f"--anchor: expected at least 2 anchors to stitch, got {len(items)}")
     refs, seen = [], set()
     for preset, path in items:
-        overrides = {"img_size": input_size} if input_size is not None else {}
+        wanted = {"img_size": input_size, "in_chans": in_chans, "num_classes": num_classes}
+        overrides = {k: v for k, v in wanted.items() if v is not None}
         config = create_anchor(preset, **overrides).config
         name = preset if preset not in seen else f"{preset}:{Path(path).stem}"
         seen.add(preset)
@@ -116,12 +143,18 @@ def _sha_if_exists(path: Path) -> str:
 def load_anchors(refs: Sequence[AnchorRef]) -> list[AnchorModel]:
     """Build every anchor from its config and load its weights strictly (a wrong file fails
     with one line naming it, the first wrong key and both shapes)."""
-    anchors = []
+    return load_anchors_with_reports(refs)[0]
+
+
+def load_anchors_with_reports(refs: Sequence[AnchorRef]) -> tuple[list[AnchorModel], list[AdaptationReport]]:
+    """:func:`load_anchors` plus, per anchor, what loading adapted (new head, adapted input
+    channels, resized ``pos_embed``), for the run's provenance (``report.to_json()``)."""
+    anchors, reports = [], []
     for ref in refs:
         model = build_anchor(dict(ref.config))
-        load_checkpoint(model, ref.path)
+        reports.append(load_checkpoint(model, ref.path))
         anchors.append(model.eval())
-    return anchors
+    return anchors, reports
 
 
 def check_anchor_data(anchors: Sequence[StitchAnchor], names: Sequence[str], data: Any) -> None:
@@ -142,5 +175,6 @@ def check_anchor_data(anchors: Sequence[StitchAnchor], names: Sequence[str], dat
 
 __all__ = [
     "AnchorRef", "MANIFEST_FILE", "MANIFEST_FORMAT", "MANIFEST_VERSION", "anchor_refs_from_files",
-    "check_anchor_data", "create_anchor", "load_anchors", "read_anchor_folder", "read_anchor_manifest",
+    "check_anchor_data", "create_anchor", "load_anchors", "load_anchors_with_reports", "pretrained_cfg",
+    "read_anchor_folder", "read_anchor_manifest",
 ]

@@ -10,8 +10,8 @@ count below adds up:
   ``attn @ v`` cost ``heads * N * N * head_dim`` each (bias ignored);
 * LayerNorm with affine: ``5 * numel``; eval-mode affine BatchNorm: ``2 * numel``;
 * adaptive average pooling: input numel;
-* zero: add, mul (the attention scale), softmax, GELU, ReLU, cat, slicing (unsupported or
-  ignored operators).
+* zero: add, mul (the attention scale), softmax, GELU, ReLU, max pooling (the timm ResNet
+  stem's), cat, slicing (unsupported or ignored operators).
 
 Our stitched ViT paths apply the last anchor's final norm. SN-Net's DeiT code calls timm's
 ``forward_head`` without ``norm`` on stitched paths, so its published figures for stitched
@@ -81,25 +81,44 @@ def _vit_flops(c: dict[str, Any]) -> AnchorFlops:
     return AnchorFlops(embed, (block,) * depth, tail, (tokens,) * (depth + 1), (dim,) * (depth + 1))
 
 
+def _conv_side(side: int, stride: int) -> int:
+    """Output side of a ``k x k`` conv with padding ``k // 2`` (odd ``k``), or of the stem's
+    3x3 max pool with padding 1: ``(side - 1) // stride + 1`` either way."""
+    return (side - 1) // stride + 1
+
+
 def _resnet_flops(c: dict[str, Any]) -> AnchorFlops:
+    """Stem (3x3 conv, or timm's 7x7 conv + 3x3 stride-2 max pool, which fvcore counts as 0),
+    then basic blocks (two 3x3 convs) or bottlenecks (1x1, 3x3 with the stride, 1x1 to
+    ``4 * width``), each conv followed by an eval-mode BatchNorm (``2 * numel``), plus a 1x1
+    projection shortcut with its BatchNorm where the shape changes."""
     widths, stages, in_chans = c["widths"], c["stage_depths"], c["in_chans"]
-    side = (c["img_size"] - 1) // c["stem_stride"] + 1  # 3x3 conv, padding 1
+    stem, bottleneck = c.get("stem", "conv3x3"), c.get("block", "basic") == "bottleneck"
+    kernel = 7 if stem == "conv7x7_maxpool" else 3
+    side = _conv_side(c["img_size"], c["stem_stride"])
     w0 = widths[0]
-    embed = side * side * w0 * in_chans * 9 + 2 * w0 * side * side
+    embed = side * side * w0 * (in_chans * kernel * kernel + 2)
+    if stem == "conv7x7_maxpool":
+        side = _conv_side(side, 2)
     blocks, positions, dims = [], [side * side], [w0]
     in_ch = w0
     for stage, (width, n) in enumerate(zip(widths, stages)):
+        out_ch = 4 * width if bottleneck else width
         for i in range(n):
             stride = 2 if stage > 0 and i == 0 else 1
-            side = (side - 1) // stride + 1
+            in_hw = side * side
+            side = _conv_side(side, stride)
             hw = side * side
-            flops = hw * width * in_ch * 9 + hw * width * width * 9 + 2 * (2 * width * hw)
-            if stride != 1 or in_ch != width:
-                flops += hw * width * in_ch + 2 * width * hw
+            if bottleneck:  # 1x1 at the input resolution, 3x3 (stride), 1x1 expansion
+                flops = in_hw * width * (in_ch + 2) + hw * width * (width * 9 + 2) + hw * out_ch * (width + 2)
+            else:
+                flops = hw * width * (in_ch * 9 + 2) + hw * width * (width * 9 + 2)
+            if stride != 1 or in_ch != out_ch:
+                flops += hw * out_ch * (in_ch + 2)
             blocks.append(flops)
             positions.append(hw)
-            dims.append(width)
-            in_ch = width
+            dims.append(out_ch)
+            in_ch = out_ch
     tail = in_ch * side * side + in_ch * c["num_classes"]
     return AnchorFlops(embed, tuple(blocks), tail, tuple(positions), tuple(dims))
 

@@ -11,8 +11,8 @@ Pool fine-tuning is SN-Net's joint training (:func:`stitching.trainer.train_netw
 one uniformly drawn descendant per step and soft distillation from the frozen teacher
 (official: DeiT's ``soft`` loss, one learning rate for instances and stitching layers).
 
-Determinism and resume follow :mod:`stitching.trainer`: epoch ``e`` draws its batch order and
-drop-path noise from generators seeded with ``(seed, e)``, and checkpoints are written at
+Determinism and resume follow :mod:`stitching.trainer`: epoch ``e`` draws its batch order,
+augmentation and drop-path noise from generators seeded with ``(seed, e)``, and checkpoints are written at
 epoch boundaries, so a resumed run replays the uninterrupted one exactly.
 """
 
@@ -33,7 +33,16 @@ from stitching.trainer import StitchTrainConfig, build_optimizer, learning_rate,
 from stitchnas.core import records
 from stitchnas.core.checkpoints import EpochCheckpoint
 from stitchnas.core.records import check_finite
-from stitchnas.core.training import Epoch, FitOptions, TensorBatches, TrainHistory, autocast, fit, resolve_device
+from stitchnas.core.training import (
+    AUGMENT_STREAM,
+    Epoch,
+    FitOptions,
+    TensorBatches,
+    TrainHistory,
+    autocast,
+    fit,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +171,9 @@ def distill_students(
     def run_epoch(epoch: Epoch) -> dict[str, Any]:
         sums = {k: 0.0 for k in ("loss", "ce", "soft", "mse")}
         seen = 0
-        for i, (x, y) in enumerate(batches.iterate(tc.batch_size, epoch.generator(), drop_last=True)):
+        batch_iter = batches.iterate(tc.batch_size, epoch.generator(), drop_last=True, augment=tc.augment,
+                                     aug_generator=epoch.generator(AUGMENT_STREAM))
+        for i, (x, y) in enumerate(batch_iter):  # the teacher sees the same augmented batch
             lr = learning_rate(tc, epoch.index * steps_per_epoch + i, total_steps, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]

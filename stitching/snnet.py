@@ -1,7 +1,8 @@
 """Stitchable Neural Networks (Pan et al., CVPR 2023, arXiv 2302.06586; ziplab/SN-Net).
 
 :class:`SNNet` holds a family of anchors plus one stitching layer per (anchor pair, window)
-and runs one configuration of a :class:`~searchspace.stitch.StitchSpace` at a time, with the
+(split by widths where a window's positions need different ones, see :class:`SNNet`) and
+runs one configuration of a :class:`~searchspace.stitch.StitchSpace` at a time, with the
 project's supernet interface (``set_active`` / ``sample_active`` / ``export_active`` /
 ``active_config``). Unlike SN-Net, which draws a configuration inside ``forward`` with the
 global numpy generator, the caller picks it (``sample_active(rng)``), so a run is
@@ -151,6 +152,12 @@ class SNNet(nn.Module):
     ``space`` is an SN-Net :class:`StitchSpace` or an SN-Netv2 :class:`StitchSpaceV2`.
     ``layer_factory(in_dim, out_dim, kind)`` builds each stitching layer (default
     :class:`StitchingLayer`; e.g. ``functools.partial(LowRankStitchingLayer, rank=8)``).
+
+    The positions of one window share its layer (key ``"a_b_w"``) when they need the same
+    widths. A bottleneck ResNet's stem is 4x narrower than its stage-0 blocks (resnet50: 64 vs
+    256), so entering its block 0 and its block 1 from one window needs two widths: positions
+    whose ``(in, out)`` widths differ from the window's first position's get one layer per width
+    pair, keyed ``"a_b_w_INxOUT"``. Windows of equal widths (every other anchor pair) are as before.
     """
 
     def __init__(
@@ -172,9 +179,22 @@ class SNNet(nn.Module):
         self.stitch_layers = nn.ModuleDict()
         self._specs = {spec.key: spec for spec in space.stitching_layers()}
         make_layer = layer_factory if layer_factory is not None else StitchingLayer
+        # (window key, j, k) -> key of the layer that position uses; windows split by widths
+        self._position_keys: dict[tuple[str, int, int], str] = {}
+        self._split_windows: dict[str, list[tuple[int, int]]] = {}
         for key, spec in self._specs.items():
-            in_dim, out_dim = self._layer_dims(spec.in_anchor, spec.out_anchor, spec.positions)
-            self.stitch_layers[key] = make_layer(in_dim, out_dim, stitchable[spec.in_anchor].stitch_layer_kind)
+            front, end = stitchable[spec.in_anchor].feature_dims, stitchable[spec.out_anchor].feature_dims
+            first = (front[spec.positions[0][0] + 1], end[spec.positions[0][1]])
+            for j, k in spec.positions:
+                dims = (front[j + 1], end[k])
+                layer_key = key if dims == first else f"{key}_{dims[0]}x{dims[1]}"
+                self._position_keys[(key, j, k)] = layer_key
+                if layer_key not in self.stitch_layers:
+                    self.stitch_layers[layer_key] = make_layer(
+                        dims[0], dims[1], stitchable[spec.in_anchor].stitch_layer_kind
+                    )
+                    if layer_key != key:
+                        self._split_windows.setdefault(key, [first]).append(dims)
         self._active = space.config(0)
 
     @classmethod
@@ -186,15 +206,6 @@ class SNNet(nn.Module):
     def anchor(self, index: int) -> StitchAnchor:
         """Anchor ``index`` (``self.anchors[index]``), typed by its stitching API."""
         return cast(StitchAnchor, self.anchors[index])  # __init__ checked every anchor has the API
-
-    def _layer_dims(self, a: int, b: int, positions: Sequence[tuple[int, int]]) -> tuple[int, int]:
-        dims = {(self.anchor(a).feature_dims[j + 1], self.anchor(b).feature_dims[k]) for j, k in positions}
-        if len(dims) != 1:
-            raise ValueError(
-                f"snnet: positions {list(positions)} of one stitching layer {a}->{b} "
-                f"need different widths {sorted(dims)}"
-            )
-        return dims.pop()
 
     # ----------------------------------------------------------------- active configuration
     @property
@@ -215,8 +226,23 @@ class SNNet(nn.Module):
     def active_config(self) -> dict[str, Any]:
         return self._active.to_json()
 
-    def stitching_layer(self, in_anchor: int, out_anchor: int, window: int) -> StitchingLayer:
-        layer = self.stitch_layers[f"{in_anchor}_{out_anchor}_{window}"]
+    def stitching_layer(
+        self, in_anchor: int, out_anchor: int, window: int, position: tuple[int, int] | None = None
+    ) -> StitchingLayer:
+        """The layer of window ``window`` of ``in_anchor -> out_anchor``; ``position`` ``(j, k)``
+        picks among the layers of a window split by widths (see :class:`SNNet`), and is needed there."""
+        key = f"{in_anchor}_{out_anchor}_{window}"
+        if position is not None:
+            layer_key = self._position_keys.get((key, *position))
+            if layer_key is None:
+                raise ValueError(f"snnet: position {tuple(position)} is not in stitching window {key}")
+            key = layer_key
+        elif key in self._split_windows:
+            raise ValueError(
+                f"snnet: stitching window {key} has one layer per width pair {self._split_windows[key]}; "
+                "pass the position (j, k)"
+            )
+        layer = self.stitch_layers[key]
         return cast(StitchingLayer, layer)  # every entry was built by a StitchingLayer factory in __init__
 
     # ----------------------------------------------------------------- forward
@@ -227,7 +253,8 @@ class SNNet(nn.Module):
         x = self.anchor(route[0].anchor).embed(x)
         for i, seg in enumerate(route):
             if i > 0:
-                x = self.stitching_layer(route[i - 1].anchor, seg.anchor, config.windows[i - 1])(x)
+                prev = route[i - 1]
+                x = self.stitching_layer(prev.anchor, seg.anchor, config.windows[i - 1], (prev.last, seg.first))(x)
             x = self.anchor(seg.anchor).forward_blocks(x, seg.first, seg.last + 1)
         return self.anchor(route[-1].anchor).forward_norm_head(x)
 
@@ -253,17 +280,18 @@ class SNNet(nn.Module):
             for anchor, mode in zip(self.anchors, modes):
                 anchor.train(mode)
         # one pseudo-inverse per front activation, shared by every target that uses it
-        targets: dict[tuple[int, int], list[tuple[str, int]]] = {}
+        targets: dict[tuple[int, int], list[tuple[str, int, int]]] = {}
         for spec in specs:
             for j, k in spec.positions:
-                targets.setdefault((spec.in_anchor, j), []).append((spec.key, k))
+                layer_key = self._position_keys[(spec.key, j, k)]
+                targets.setdefault((spec.in_anchor, j), []).append((layer_key, spec.out_anchor, k))
         sums: dict[str, list[torch.Tensor]] = {}
         counts: dict[str, int] = {}
         for (a, j), wanted in targets.items():
             front = feats[a][j + 1]
             pinv = augmented_pinv(front)
-            for key, k in wanted:
-                w, b = least_squares_fit(front, feats[self._specs[key].out_anchor][k], pinv=pinv)
+            for key, end, k in wanted:
+                w, b = least_squares_fit(front, feats[end][k], pinv=pinv)
                 if key in sums:
                     sums[key][0] += w
                     sums[key][1] += b
@@ -297,8 +325,8 @@ class SNNet(nn.Module):
         for seg in config.route:
             blocks = self.anchor(seg.anchor).blocks[seg.first:seg.last + 1]
             total += sum(p.numel() for blk in blocks for p in blk.parameters())
-        for a, b, _, _, w in config.junctions():
-            total += sum(p.numel() for p in self.stitching_layer(a, b, w).transform.parameters())
+        for a, b, j, k, w in config.junctions():
+            total += sum(p.numel() for p in self.stitching_layer(a, b, w, (j, k)).transform.parameters())
         return total
 
     def resolve(self, config: StitchConfig | int | None) -> StitchConfig:
@@ -318,7 +346,7 @@ class SNNet(nn.Module):
         if not preserve_weight:
             return build_stitched_model(cfg)
         anchors = {seg.anchor: self.anchor(seg.anchor) for seg in self._active.route}
-        stitches = [_plain_copy(self.stitching_layer(a, b, w)) for a, b, _, _, w in self._active.junctions()]
+        stitches = [_plain_copy(self.stitching_layer(a, b, w, (j, k))) for a, b, j, k, w in self._active.junctions()]
         model = _assemble(cfg, anchors, stitches, copy_blocks=True)
         return model.train(self.training)
 
@@ -341,8 +369,8 @@ def stitched_model_config(snnet: SNNet, config: StitchConfig | int | None = None
         for s in config.route
     ]
     stitches = []
-    for a, b, _, _, w in config.junctions():
-        layer = snnet.stitching_layer(a, b, w)
+    for a, b, j, k, w in config.junctions():
+        layer = snnet.stitching_layer(a, b, w, (j, k))
         stitches.append({"in_anchor": a, "out_anchor": b, "window": w, "in_dim": layer.in_dim,
                          "out_dim": layer.out_dim, "kind": layer.kind})
     return {

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -36,11 +36,15 @@ from stitchnas.core import records
 from stitchnas.core.checkpoints import EpochCheckpoint
 from stitchnas.core.records import check_finite
 from stitchnas.core.training import (
+    AUGMENT_ABSENT,
+    AUGMENT_STREAM,
+    Augment,
     Epoch,
     FitOptions,
     TensorBatches,
     TrainHistory,
     autocast,
+    check_augment,
     cosine_lr,
     epoch_rng,
     fit,
@@ -74,6 +78,7 @@ class StitchTrainConfig:
     ``lr_min`` (scaled the same way for anchors). ``epochs=0`` means no training: the
     network stays as initialised (for SN-Net: right after the least-squares init).
     AdamW is the default: on CPU with a few epochs it trains small ViTs far better than SGD.
+    ``augment``: the training batches' augmentation (:func:`~stitchnas.core.training.augment_batch`).
     """
 
     epochs: int = 10
@@ -90,9 +95,14 @@ class StitchTrainConfig:
     seed: int = 0
     device: str = "cpu"
     amp: bool = True  # bf16 autocast, used only on CUDA
+    augment: Augment = "auto"
+
+    # files without "augment" were written by runs that did not augment: they decode as "none"
+    json_absent: ClassVar[Mapping[str, Any]] = AUGMENT_ABSENT
 
     def __post_init__(self) -> None:
         check_finite(self, "stitch train config")
+        check_augment(self.augment, "stitch train config")
         for name in ("epochs", "warmup_epochs", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -290,7 +300,9 @@ def train_network(
         rng = epoch.rng()
         loss_sum, correct, seen = 0.0, 0, 0
         drawn: list[int] = []
-        for i, (x, y) in enumerate(batches.iterate(cfg.batch_size, epoch.generator(), drop_last=True)):
+        batch_iter = batches.iterate(cfg.batch_size, epoch.generator(), drop_last=True,
+                                     augment=cfg.augment, aug_generator=epoch.generator(AUGMENT_STREAM))
+        for i, (x, y) in enumerate(batch_iter):
             if choose is not None:
                 choose(rng)
             elif sampler is not None:

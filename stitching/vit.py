@@ -17,14 +17,14 @@ patches + class token; 32/48/64 dims, 2/3/4 heads, depth 12, so three of them gi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from stitching.checkpoint import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PretrainedCfg, resample_abs_pos_embed
+from stitching.checkpoint import checkpoint_filter_fn as checkpoint_filter_fn
+from stitching.checkpoint import load_checkpoint as load_checkpoint
 from stitching.layers import LayerKind
 from stitching.presets import Presets
 
@@ -334,6 +334,18 @@ def vit_digits_base(**kwargs: Any) -> VisionTransformer:
     return VisionTransformer(**dict(_DIGITS, embed_dim=64, num_heads=4, **kwargs))
 
 
+#: Each preset's pretrained weights' settings (timm's ``pretrained_cfg``): DeiT's ImageNet weights
+#: use timm's ``IMAGENET_DEFAULT_MEAN/STD`` (``timm/models/deit.py`` ``_cfg``); the digits presets
+#: are trained here, normalised with the data's own statistics (``mean``/``std`` None).
+VIT_PRETRAINED_CFGS: dict[str, PretrainedCfg] = {
+    **{name: PretrainedCfg(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, (3, 224, 224), 1000, "patch_embed.proj",
+                           "head")
+       for name in ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224")},
+    **{name: PretrainedCfg(None, None, (1, 16, 16), 10, "patch_embed.proj", "head")
+       for name in ("vit_digits_tiny", "vit_digits_small", "vit_digits_base")},
+}
+
+
 def create_vit(name: str, **overrides: Any) -> VisionTransformer:
     """Build a preset by name; an unknown name lists the known ones."""
     if name not in VIT_PRESETS:
@@ -342,83 +354,17 @@ def create_vit(name: str, **overrides: Any) -> VisionTransformer:
 
 
 # --------------------------------------------------------------------------- checkpoints
+# Loading lives in :mod:`stitching.checkpoint` (timm's unwrapping and adaptations);
+# ``load_checkpoint`` and ``checkpoint_filter_fn`` stay importable from here.
+
+
 def resample_pos_embed(pos_embed: torch.Tensor, num_tokens: int, num_prefix: int = 1) -> torch.Tensor:
-    """Bicubic resize of the position-embedding grid to ``num_tokens`` (prefix tokens kept)."""
-    prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
-    old, new = math.isqrt(grid.shape[1]), math.isqrt(num_tokens - num_prefix)
-    if old * old != grid.shape[1] or new * new != num_tokens - num_prefix:
+    """Resize a square position-embedding grid to ``num_tokens`` (prefix tokens kept), exactly as
+    timm's ``resample_abs_pos_embed`` (bicubic, antialias, float32)."""
+    old, new = math.isqrt(max(pos_embed.shape[1] - num_prefix, 0)), math.isqrt(max(num_tokens - num_prefix, 0))
+    if old * old != pos_embed.shape[1] - num_prefix or new * new != num_tokens - num_prefix:
         raise ValueError(
-            f"pos_embed: cannot resize {grid.shape[1]} patch positions to {num_tokens - num_prefix} "
-            "(both must be square grids)"
+            f"pos_embed: cannot resize {pos_embed.shape[1] - num_prefix} patch positions to "
+            f"{num_tokens - num_prefix} (both must be square grids)"
         )
-    dim = grid.shape[-1]
-    grid = grid.reshape(1, old, old, dim).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False, antialias=new < old)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, dim).to(pos_embed.dtype)
-    return torch.cat([prefix, grid], dim=1)
-
-
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionTransformer) -> dict[str, torch.Tensor]:
-    """Map a timm/DeiT state dict onto ``model``: unwrap ``{"model": ...}`` and resize
-    ``pos_embed`` when the image size differs. Pure: returns a new dict."""
-    if "model" in state_dict and isinstance(state_dict["model"], dict):
-        state_dict = state_dict["model"]
-    out = dict(state_dict)
-    pos = out.get("pos_embed")
-    target = model.pos_embed.shape
-    if isinstance(pos, torch.Tensor) and pos.dim() == 3 and pos.shape != target and pos.shape[-1] == target[-1]:
-        out["pos_embed"] = resample_pos_embed(pos, model.pos_embed.shape[1])
-    return out
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.exists():
-        raise ValueError(f"checkpoint {path}: file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or pickled-object file: one line naming it
-        kind = "safetensors" if path.suffix == ".safetensors" else "weights-only torch"
-        raise ValueError(f"checkpoint {path}: not a readable {kind} file ({type(err).__name__})") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"checkpoint {path}: expected a state dict, got {type(data).__name__}")
-    return data
-
-
-def load_checkpoint(model: nn.Module, path: str | Path, filter_fn: Callable[..., dict] | None = None) -> nn.Module:
-    """Load a local ``.pth`` (optionally ``{"model": sd}``) or ``.safetensors`` file strictly.
-
-    Raises ValueError naming the file, the first wrong key and both shapes.
-    """
-    path = Path(path)
-    raw = _read_state_dict(path)
-    if filter_fn is not None:
-        state = filter_fn(raw, model)
-    elif isinstance(model, VisionTransformer):
-        state = checkpoint_filter_fn(raw, model)
-    else:
-        state = _unwrap(raw, model)
-    expected = model.state_dict()
-    for key, value in expected.items():
-        if key not in state:
-            raise ValueError(f"checkpoint {path}: missing key {key!r} (model expects shape {tuple(value.shape)})")
-        got = state[key]
-        if not isinstance(got, torch.Tensor) or got.shape != value.shape:
-            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            raise ValueError(f"checkpoint {path}: key {key!r} has shape {shape}, model expects {tuple(value.shape)}")
-    extra = [k for k in state if k not in expected]
-    if extra:
-        value = state[extra[0]]
-        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"checkpoint {path}: unexpected key {extra[0]!r} with shape {shape} (model has no such key)")
-    model.load_state_dict(state)
-    return model
-
-
-def _unwrap(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    if "model" in state_dict and isinstance(state_dict["model"], dict):
-        return dict(state_dict["model"])
-    return dict(state_dict)
+    return resample_abs_pos_embed(pos_embed, (new, new), (old, old), num_prefix_tokens=num_prefix)

@@ -29,6 +29,7 @@ from stitchnas.core.checkpoints import EpochCheckpoint
 from stitchnas.core.evaluation import batch_statistics
 from stitchnas.core.records import check_finite
 from stitchnas.core.training import (
+    AUGMENT_STREAM,
     Epoch,
     FitOptions,
     TensorBatches,
@@ -351,7 +352,10 @@ def train_mixture(
         val_iter = _cycle(val_batches, mcfg.score_batch_size or cfg.batch_size, cfg.seed, e)
         assignment = mixture.assignment()
         loss_sum, seen, counts = 0.0, 0, np.zeros(mixture.num_supernets, dtype=int)
-        for i, (x, y) in enumerate(train_batches.iterate(cfg.batch_size, epoch.generator(), drop_last=True)):
+        # training batches are augmented (cfg.augment); the scoring batches (val_iter) never are
+        batch_iter = train_batches.iterate(cfg.batch_size, epoch.generator(), drop_last=True, augment=cfg.augment,
+                                           aug_generator=epoch.generator(AUGMENT_STREAM))
+        for i, (x, y) in enumerate(batch_iter):
             config = mixture.space.sample(path_rng)
             row = assignment[mixture.space.index(config)]
             # With one supernet (or during a GM warm-up) no draw is made, so M = 1 consumes the

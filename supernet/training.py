@@ -3,8 +3,8 @@
 The recipe (:class:`TrainConfig`, :func:`cosine_lr`, :func:`build_optimizer`, :func:`sgd_step`)
 is the ground floor's (:mod:`stitchnas.core.training`), re-exported here.
 
-Every random choice of epoch ``e`` (batch order, sampled paths) is drawn from generators seeded
-with ``(seed, e)``, and checkpoints are written at epoch boundaries. An interrupted run that
+Every random choice of epoch ``e`` (batch order, sampled paths, augmentation) is drawn from
+generators seeded with ``(seed, e)``, and checkpoints are written at epoch boundaries. An interrupted run that
 resumes from its last checkpoint therefore replays exactly what an uninterrupted run does.
 """
 
@@ -21,6 +21,7 @@ from torch import nn
 
 # The SGD recipe lives in the ground floor (Ray Train's workers use it too); re-exported here.
 from stitchnas.core.training import (
+    AUGMENT_STREAM,
     TRAIN_CHECKPOINT_VERSION,
     Epoch,
     FitOptions,
@@ -78,7 +79,9 @@ def train(
     def run_epoch(epoch: Epoch) -> dict[str, Any]:
         rng, gen = epoch.rng(), epoch.generator()
         loss_sum, correct, seen = 0.0, 0, 0
-        for i, (x, y) in enumerate(batches.iterate(cfg.batch_size, gen, drop_last=True)):
+        batch_iter = batches.iterate(cfg.batch_size, gen, drop_last=True, augment=cfg.augment,
+                                     aug_generator=epoch.generator(AUGMENT_STREAM))
+        for i, (x, y) in enumerate(batch_iter):
             if choose_path is not None:
                 choose_path(rng)
             lr = cosine_lr(cfg, epoch.index * steps_per_epoch + i, total_steps)

@@ -36,10 +36,11 @@ SPACE_JSON = {"name": "small", "widths": [4, 4, 8, 8, 8], "num_downsamples": 2, 
               "block": "basic", "first_position": 1, "default": None, "kind": "pooling", "format_version": 1}
 DATA = DataSpec("digits", input_size=8, seed=1, max_train_samples=240)
 DATA_JSON = {"name": "digits", "data_dir": None, "input_size": 8, "seed": 1, "search_val_fraction": 0.5,
-             "test_fraction": 0.2, "max_train_samples": 240, "max_test_samples": None, "options": {}}
+             "test_fraction": 0.2, "max_train_samples": 240, "max_test_samples": None, "options": {},
+             "mean": None, "std": None}  # given normalisation (a checkpoint's), None: the data's own
 TRAIN = TrainConfig(epochs=2, lr=0.05)
 TRAIN_JSON = {"epochs": 2, "batch_size": 64, "lr": 0.05, "lr_min": 0.001, "momentum": 0.9, "weight_decay": 5e-4,
-              "seed": 0, "device": "cpu", "amp": True}
+              "seed": 0, "device": "cpu", "amp": True, "augment": "auto"}
 EVAL_JSON = {"bn_mode": "recalibrate", "calib_batches": 8, "calib_batch_size": 64, "batch_size": 256,
              "device": "cpu", "seed": 0}
 MIXTURE_JSON = {"num_supernets": 2, "t_max": 100.0, "ema": 0.9, "balance_tol": 1e-4, "grouping": "bms",
@@ -47,7 +48,8 @@ MIXTURE_JSON = {"num_supernets": 2, "t_max": 100.0, "ema": 0.9, "balance_tol": 1
 STITCH_TRAIN = StitchTrainConfig(epochs=1, warmup_epochs=1)
 STITCH_TRAIN_JSON = {"epochs": 1, "batch_size": 64, "lr": 1e-3, "lr_min": 1e-5, "anchor_lr_scale": 0.1,
                      "warmup_epochs": 1, "optimizer": "adamw", "momentum": 0.9, "weight_decay": 0.05,
-                     "distill_weight": 0.0, "distill_temperature": 1.0, "seed": 0, "device": "cpu", "amp": True}
+                     "distill_weight": 0.0, "distill_temperature": 1.0, "seed": 0, "device": "cpu", "amp": True,
+                     "augment": "auto"}
 FINETUNE_JSON = {**STITCH_TRAIN_JSON, "epochs": 10, "lr": 3e-4, "anchor_lr_scale": 1.0, "warmup_epochs": 0,
                  "distill_weight": 0.5}
 VIT = {"family": "vit", "img_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 10, "embed_dim": 32,
@@ -300,6 +302,6 @@ def test_codec_kind_literal_mapping_pair_and_own_json():
 
 def test_configs_built_in_code_keep_their_values():
     """Decoding converts JSON ints of float fields to floats; the values stay equal."""
-    cfg = StitchTrainConfig.from_json({"lr": 1, "lr_min": 0}, "t")
+    cfg = StitchTrainConfig.from_json({"lr": 1, "lr_min": 0, "augment": "auto"}, "t")
     assert cfg == StitchTrainConfig(lr=1, lr_min=0) and isinstance(cfg.lr, float)
     assert replace(cfg, epochs=2).to_json()["epochs"] == 2

@@ -272,3 +272,100 @@ def test_npz_without_images_or_with_empty_images_is_one_line(capsys, tmp_path, x
                            "--out", str(tmp_path / "run"))
     assert code == 2
     assert re.search(message, one_line_error(err)) and str(path) in err
+
+
+# --------------------------------------------------------------------------- files the engine reads
+@pytest.mark.parametrize("payload, message", [
+    (b"\x00garbage bytes, not a zip", "cannot be loaded"),
+    ("pickle", "cannot be loaded"),
+    ("list", "expected a dict, got list"),
+])
+def test_a_weights_file_that_is_not_a_state_dict_is_one_line(finished_run, tmp_path, capsys, payload, message):
+    folder = tmp_path / "model"
+    shutil.copytree(finished_run.exports[0], folder)
+    weights = folder / "model.pt"
+    if payload == "pickle":
+        import pickle
+
+        weights.write_bytes(pickle.dumps(os.system))  # what weights_only=True must refuse
+    elif payload == "list":
+        torch.save([torch.zeros(1)], weights)
+    else:
+        weights.write_bytes(payload)  # type: ignore[arg-type]
+    record = json.loads((folder / "model.json").read_text())
+    from stitchnas.core.io import file_sha256
+
+    record["weights_sha256"] = file_sha256(weights)  # the record agrees: the file itself is bad
+    (folder / "model.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=rf"model\.pt: .*{message}"):
+        stitchnas.load_model(folder)
+    code, _, err = run_cli(capsys, "evaluate", str(folder))
+    assert code == 2 and message in one_line_error(err)
+
+
+def test_a_checkpoint_that_does_not_fit_the_run_is_one_line_on_export(finished_run, tmp_path, capsys):
+    out = copy_run(finished_run, tmp_path)
+    state = load_checkpoint(out / "supernet.pt")
+    state["model"]["extra.weight"] = torch.zeros(1)
+    atomic_torch_save(state, out / "supernet.pt")
+    code, _, err = run_cli(capsys, "export", "--run", str(out), "--config", "4,3,3", "--out", str(tmp_path / "m"))
+    assert code == 2 and "unexpected key 'extra.weight'" in one_line_error(err) and "supernet.pt" in err
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("no_seed", "field 'provenance.seed' is missing"),
+    ("impossible_input_size", "cannot take 1x1 images"),
+])
+def test_a_model_record_that_cannot_be_evaluated_is_one_line(finished_run, tmp_path, capsys, edit, message):
+    folder = tmp_path / "model"
+    shutil.copytree(finished_run.exports[0], folder)
+    record = json.loads((folder / "model.json").read_text())
+    if edit == "no_seed":
+        del record["provenance"]["seed"]
+    else:
+        record["model"]["input_size"] = 1
+    (folder / "model.json").write_text(json.dumps(record))
+    code, _, err = run_cli(capsys, "evaluate", str(folder))
+    assert code == 2 and message in one_line_error(err)
+
+
+@pytest.mark.parametrize("option", ["--in-chans", "--num-classes"])
+def test_flops_of_an_impossible_model_is_refused(capsys, option):
+    code, _, err = run_cli(capsys, "flops", option, "0")
+    assert code == 2 and f"{option}: expected an integer >= 1, got 0" in one_line_error(err)
+
+
+@pytest.mark.parametrize("command", ["export", "rank"])
+def test_a_duplicated_results_row_is_refused_by_every_reader(finished_run, tmp_path, capsys, command):
+    out = copy_run(finished_run, tmp_path)
+    lines = (out / "results.csv").read_text().splitlines()
+    (out / "results.csv").write_text("\n".join([*lines, lines[1]]) + "\n")
+    argv = (["export", "--run", str(out), "--config", "4,3,3", "--out", str(tmp_path / "m")] if command == "export"
+            else ["rank", "--run", str(out), "--truth", str(tmp_path / "missing")])
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and "is already on line 2" in one_line_error(err)
+
+
+def test_a_results_row_with_text_flops_is_refused_and_exports_are_kept(finished_run, tmp_path):
+    out = copy_run(finished_run, tmp_path)
+    before = sorted(p.name for p in (out / "exports").iterdir())
+    rows = ResultsTable(out / "results.csv", RESULT_COLUMNS).rows()
+    rows[0]["flops"] = "many"
+    (out / "results.csv").unlink()
+    table = ResultsTable(out / "results.csv", RESULT_COLUMNS)
+    for row in rows:
+        table.append(row)
+    with pytest.raises(ValueError, match=r"line 2: column 'flops' is 'many', expected a count"):
+        stitchnas.run_search(tiny_config(), out, resume=True, progress=False)
+    assert sorted(p.name for p in (out / "exports").iterdir()) == before
+
+
+def test_a_mixture_accuracy_matrix_with_an_unknown_candidate_is_refused(tmp_path):
+    cfg = tiny_config(mixture=stitchnas.MixtureConfig(num_supernets=2))
+    result = stitchnas.run_search(cfg, tmp_path / "bms", progress=False)
+    matrix = result.out_dir / "accuracy_matrix.csv"
+    lines = matrix.read_text().splitlines()
+    lines[1] = "999" + lines[1][lines[1].index(","):]
+    matrix.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"accuracy matrix .*: line 2: candidate 999 is not a new candidate"):
+        stitchnas.export_from_run(result.out_dir, "4,3,3", tmp_path / "m")

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from searchspace.stitch import StitchSpace
-from stitching.cnn import ResNetAnchor
+from stitching.cnn import ResNetAnchor, create_resnet
 from stitching.flops import anchor_flops, config_flops, flops_table, fvcore_flops, route_flops, vit_block_flops
-from stitching.snnet import SNNet, anchor_space
+from stitching.snnet import SNNet, anchor_space, build_stitched_model
 from stitching.vit import VisionTransformer, create_vit
 
 # ziplab/SN-Net stitching_deit/results/stitches_res.txt: fvcore FLOPs of the 71 DeiT-Ti/S/B
@@ -113,3 +113,76 @@ def test_unknown_family_is_rejected():
         anchor_flops({"family": "swin"})
     with pytest.raises(ValueError, match="family"):
         anchor_flops(torch.nn.Linear(2, 2))
+
+
+# timm's ResNet presets (7x7 stride-2 stem + max pool; basic blocks or bottlenecks). At 224 the
+# counts are timm's published GMACs (1.82 / 3.67 / 4.11), pinned to fvcore's exact totals.
+TIMM_RESNET_FLOPS_224 = {"resnet18": 1_819_065_856, "resnet34": 3_671_262_720, "resnet50": 4_111_512_576}
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_RESNET_FLOPS_224))
+@pytest.mark.parametrize("img_size", [32, 33, 64])
+def test_analytic_equals_fvcore_on_timm_resnet_presets(name, img_size):
+    torch.manual_seed(0)
+    model = create_resnet(name, img_size=img_size)
+    assert anchor_flops(model).total == fvcore_flops(model, torch.randn(1, 3, img_size, img_size))
+
+
+def test_timm_resnet_presets_at_224_match_published_counts():
+    counts = {name: anchor_flops(create_resnet(name).config).total for name in TIMM_RESNET_FLOPS_224}
+    assert counts == TIMM_RESNET_FLOPS_224
+    # the stem and the blocks are counted: resnet34 and resnet50 (same depths) differ
+    parts = {name: anchor_flops(create_resnet(name, img_size=32).config) for name in TIMM_RESNET_FLOPS_224}
+    assert parts["resnet50"].blocks != parts["resnet34"].blocks
+    assert parts["resnet50"].dims[:2] == (64, 256) and parts["resnet50"].positions[0] == 8 * 8
+
+
+def _timm_snnet(names: tuple[str, str], img_size: int = 32, **space_kwargs) -> SNNet:
+    torch.manual_seed(0)
+    anchors = [create_resnet(n, img_size=img_size, num_classes=10) for n in names]
+    return SNNet(anchors, anchor_space(anchors, names, **space_kwargs))
+
+
+@pytest.mark.parametrize("img_size", [32, 64])
+def test_analytic_equals_fvcore_on_stitched_resnet18_resnet34(img_size):
+    net = _timm_snnet(("resnet18", "resnet34"), img_size)
+    x = torch.randn(1, 3, img_size, img_size)
+    table = flops_table(net)
+    stages = net.anchors[0].block_stages
+    by_stage: dict[int, list] = {}
+    for config in net.space:
+        if not config.is_anchor:
+            by_stage.setdefault(stages[config.route[0].last], []).append(config)
+    assert sorted(by_stage) == [0, 1, 2, 3]
+    # both anchors, plus the first and the last stitch inside every stage
+    picks = [net.space.config(0), net.space.config(1)] + [c for cs in by_stage.values() for c in (cs[0], cs[-1])]
+    for config in picks:
+        net.set_active(config)
+        assert fvcore_flops(net, x) == table[config.id] == config_flops(net), net.space.describe(config)
+
+
+def test_analytic_equals_fvcore_on_stitched_resnet50_pairs():
+    # resnet50's stem is 64 wide and its stage-0 blocks 256: window 0 of resnet18 -> resnet50
+    # holds entries into both, so it gets one layer per width pair (stitching/snnet.py)
+    net = _timm_snnet(("resnet18", "resnet50"))
+    assert net.stitching_layer(0, 1, 0, (0, 0)).out_dim == 64
+    assert net.stitching_layer(0, 1, 0, (0, 1)).out_dim == 256
+    with pytest.raises(ValueError, match=r"0_1_0 has one layer per width pair \[\(64, 64\), \(64, 256\)\]"):
+        net.stitching_layer(0, 1, 0)
+    x = torch.randn(1, 3, 32, 32)
+    _check_all_configs(net, x)
+    # the split layers export and rebuild like any other
+    net.set_active(next(c for c in net.space if c.junctions() and c.junctions()[0][2:4] == (0, 1)))
+    exported = net.export_active().eval()
+    rebuilt = build_stitched_model(exported.config).eval()
+    rebuilt.load_state_dict(exported.state_dict())
+    net.eval()
+    torch.testing.assert_close(rebuilt(x), net(x))
+    assert fvcore_flops(exported, x) == config_flops(net)
+    # the other direction needs no split (resnet50's exits are all 256 wide within stage 0)
+    reverse = _timm_snnet(("resnet50", "resnet18"))
+    assert len(reverse.stitch_layers) == len(reverse.space.stitching_layers())
+    table = flops_table(reverse)
+    for config in list(reverse.space)[::3]:
+        reverse.set_active(config)
+        assert fvcore_flops(reverse, x) == table[config.id], reverse.space.describe(config)

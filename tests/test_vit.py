@@ -122,7 +122,7 @@ def test_pos_embed_is_resized_bicubically(tmp_path):
     assert pos.shape == (1, 65, 12)
     torch.testing.assert_close(pos[:, :1], src.pos_embed.detach()[:, :1])  # class token kept
     grid = src.pos_embed.detach()[:, 1:].reshape(1, 4, 4, 12).permute(0, 3, 1, 2)
-    ref = F.interpolate(grid, size=(8, 8), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 64, 12)
+    ref = F.interpolate(grid, size=(8, 8), mode="bicubic", antialias=True, align_corners=False).permute(0, 2, 3, 1).reshape(1, 64, 12)
     torch.testing.assert_close(pos[:, 1:], ref)
     torch.testing.assert_close(big.blocks[1].mlp.fc2.weight, src.blocks[1].mlp.fc2.weight)
     assert big(torch.randn(1, 1, 32, 32)).shape == (1, 5)

@@ -3,9 +3,10 @@
 With ``N`` workers the result equals one process training on the same global batch
 (:func:`supernet.training.train`), up to floating-point rounding:
 
-* every worker draws the batch order and the SPOS path from the same seeded generators
-  (:func:`~stitchnas.core.training.epoch_generator`, :func:`~stitchnas.core.training.epoch_rng`),
-  so all workers run the same path at every step;
+* every worker draws the batch order, the augmentation and the SPOS path from the same seeded
+  generators (:func:`~stitchnas.core.training.epoch_generator`,
+  :func:`~stitchnas.core.training.epoch_rng`), so all workers run the same path at every step
+  and augment the global batch the same way;
 * worker ``r`` takes rows ``[r * b / N, (r + 1) * b / N)`` of each global batch of ``b`` rows
   (``b`` must divide by ``N``);
 * DDP averages the gradients, so the step is the full-batch step; the learning rate
@@ -43,8 +44,10 @@ from torch import nn
 
 from stitchnas.core.io import atomic_torch_save, load_checkpoint
 from stitchnas.core.training import (
+    AUGMENT_STREAM,
     Epoch,
     FitOptions,
+    ImageDataset,
     TensorBatches,
     TrainConfig,
     TrainHistory,
@@ -317,7 +320,11 @@ def worker_epochs(
     def run_epoch(epoch: Epoch) -> dict[str, Any]:
         rng = epoch.rng()
         sums = torch.zeros(3, dtype=torch.float64)
-        for i, (x, y) in enumerate(batches.iterate(cfg.batch_size, epoch.generator(), drop_last=True)):
+        # every worker augments the whole global batch from the same generator, then takes its
+        # rows: the images a single process would train on
+        batch_iter = batches.iterate(cfg.batch_size, epoch.generator(), drop_last=True, augment=cfg.augment,
+                                     aug_generator=epoch.generator(AUGMENT_STREAM))
+        for i, (x, y) in enumerate(batch_iter):
             sampler.sample_active(rng)  # the same path on every worker
             xs, ys = x[rank * shard:(rank + 1) * shard], y[rank * shard:(rank + 1) * shard]
             lr = cosine_lr(cfg, epoch.index * steps_per_epoch + i, total_steps)
@@ -366,7 +373,8 @@ def train_worker(config: dict[str, Any]) -> None:
     optimizer = build_optimizer(model.parameters(), cfg)
     if state.get("optimizer"):
         optimizer.load_state_dict(state["optimizer"])
-    batches = TensorBatches(torch.utils.data.TensorDataset(*payload["data"]), device)
+    batches = TensorBatches(ImageDataset(*payload["data"], mirror_invariant=payload.get("mirror_invariant", True)),
+                            device)
 
     def report(epoch: int, record: dict[str, Any], checkpoint_state: dict[str, Any] | None) -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -452,6 +460,8 @@ class RayTrainTrainer:
             "train_config": ctx.cfg.train.to_json(),
             "state": state,
             "data": (x.detach().clone(), y.detach().clone()),
+            # "auto" augmentation must resolve on the workers as in this process (no flip for digits)
+            "mirror_invariant": bool(getattr(ctx.data.search_train, "mirror_invariant", True)),
             "storage": str(storage),
         })
         resources = {"CPU": opts.cpus_per_worker, **({"GPU": 1} if opts.use_gpu else {})}

@@ -44,7 +44,11 @@ def _learngene_teacher_ref(args: argparse.Namespace, data_spec: DataSpec) -> Anc
     if not args.teacher or "=" not in args.teacher:
         raise ValueError("teacher: give --anchors FOLDER (optionally --teacher NAME) or --teacher PRESET=PATH")
     preset, path = parse_anchor_files([args.teacher])[0]
-    config = create_anchor(preset, img_size=data_spec.input_size).config
+    from stitchnas.data import load_data
+
+    data = load_data(data_spec)  # the preset is rebuilt for the data; the checkpoint adapts on load
+    config = create_anchor(preset, img_size=data.input_size, in_chans=data.in_chans,
+                           num_classes=data.num_classes).config
     weights = Path(path)
     return AnchorRef(preset, config, str(weights.resolve()), file_sha256(weights) if weights.is_file() else "")
 

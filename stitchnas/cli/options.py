@@ -62,8 +62,9 @@ def space_from_args(args: argparse.Namespace) -> PoolingSpace:
 def add_data_args(p: argparse.ArgumentParser, input_size: int = 16) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits",
-                   help="digits (embedded default), cluttered_digits (embedded), cifar10, cifar100, npz")
-    g.add_argument("--data-dir", default=None, help="CIFAR python-pickle folder or .npz file")
+                   help="digits (embedded default), cluttered_digits (embedded), cifar10, cifar100, npz, imagefolder")
+    g.add_argument("--data-dir", default=None,
+                   help="CIFAR python-pickle folder, .npz file, or image folder (train/ and val/ of class folders)")
     g.add_argument("--input-size", type=int, default=input_size, help="square input side in pixels")
     g.add_argument("--seed", type=int, default=0, help="seed for splits, initialisation and sampling")
     g.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
@@ -99,6 +100,18 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int, batch_size: int = 64
     g.add_argument("--weight-decay", type=finite_float, default=5e-4)
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    add_augment_args(g)
+
+
+def add_augment_args(g: argparse._ActionsContainer) -> None:
+    """``--augment`` / ``--no-augment``: the training batches' augmentation (one ``augment`` dest)."""
+    g.add_argument("--augment", default="auto", choices=("auto", "none", "crop_flip", "rrc_flip", "crop", "rrc"),
+                   help="training augmentation, on the device: crop_flip (pad an eighth of the side, random crop, "
+                        "horizontal flip; CIFAR's recipe), rrc_flip (random-resized crop and flip; ImageNet's), "
+                        "crop / rrc (the same without the flip), auto (default: crop_flip up to 64 px, else "
+                        "rrc_flip; without the flip for data a mirror changes, like digits); evaluation never augments")
+    g.add_argument("--no-augment", dest="augment", action="store_const", const="none",
+                   help="train without augmentation (same as --augment none)")
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -107,7 +120,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
     device = str(resolve_device(args.device))
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_min=min(args.lr, 1e-3),
-                       weight_decay=args.weight_decay, seed=args.seed, device=device, amp=not args.no_amp)
+                       weight_decay=args.weight_decay, seed=args.seed, device=device, amp=not args.no_amp,
+                       augment=getattr(args, "augment", "auto"))
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -174,6 +188,7 @@ def add_stitch_train_args(p: argparse.ArgumentParser, epochs: int, lr: float, wa
                    help="stratified subset of the training split (quick runs)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    add_augment_args(g)
 
 
 def stitch_train_config_from_args(args: argparse.Namespace, **extra: Any) -> StitchTrainConfig:
@@ -183,7 +198,8 @@ def stitch_train_config_from_args(args: argparse.Namespace, **extra: Any) -> Sti
     return StitchTrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_min=min(args.lr, 1e-5),
         optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-        seed=args.seed, device=str(resolve_device(args.device)), amp=not args.no_amp, **extra,
+        seed=args.seed, device=str(resolve_device(args.device)), amp=not args.no_amp,
+        augment=getattr(args, "augment", "auto"), **extra,
     )
 
 

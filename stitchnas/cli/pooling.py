@@ -87,6 +87,9 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
     space = space_from_args(args)
     space.check_input_size(args.input_size)
+    for option, value in (("--in-chans", args.in_chans), ("--num-classes", args.num_classes)):
+        if value < 1:
+            raise ValueError(f"{option}: expected an integer >= 1, got {value}")
     configs = [space.parse_config(args.config)] if args.config else space.configurations()
     rows: list[dict[str, Any]] = []
     for config in configs:
@@ -134,11 +137,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model, record = load_model(args.model, return_record=True)
     prov = record["provenance"]
-    input_size = int(record["model"].get("input_size", prov.get("input_size", 16)))
+    for key in ("dataset", "seed", "input_size"):  # the split cannot be rebuilt without them
+        if key not in prov:
+            raise ValueError(f"model {args.model}: model.json field 'provenance.{key}' is missing; "
+                             "the evaluation split cannot be rebuilt")
+    input_size = record["model"].get("input_size", prov["input_size"])
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+        raise ValueError(f"model {args.model}: model.json field 'model.input_size': expected an integer >= 1, "
+                         f"got {input_size!r}")
+    want = (model_in_chans(model), model_num_classes(model, input_size, args.model))
     spec = DataSpec(name=args.dataset or prov["dataset"], data_dir=args.data_dir or prov.get("data_dir"),
                     input_size=input_size, seed=prov["seed"])
     data = load_data(spec)
-    want = (model_in_chans(model), model_num_classes(model, input_size))
     if (data.in_chans, data.num_classes) != want:
         raise ValueError(f"model {args.model}: takes {want[0]}-channel images and predicts {want[1]} classes; "
                          f"data {data.name!r} has {data.in_chans} channels and {data.num_classes} classes")
@@ -157,12 +167,20 @@ def model_in_chans(model: Any) -> int:
     return int(first.in_channels)
 
 
-def model_num_classes(model: Any, input_size: int) -> int:
-    """Classes a classifier predicts: the width of its logits on one blank image."""
+def model_num_classes(model: Any, input_size: int, where: str = "model") -> int:
+    """Classes a classifier predicts: the width of its logits on one blank image.
+
+    Raises:
+        ValueError: One line when the network cannot take ``input_size`` images at all.
+    """
     import torch
 
-    with torch.no_grad():
-        return int(model.eval()(torch.zeros(1, model_in_chans(model), input_size, input_size)).shape[1])
+    try:
+        with torch.no_grad():
+            return int(model.eval()(torch.zeros(1, model_in_chans(model), input_size, input_size)).shape[1])
+    except RuntimeError as err:
+        raise ValueError(f"{where}: cannot take {input_size}x{input_size} images (model.json 'input_size'; "
+                         f"{str(err).splitlines()[0]})") from None
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -63,7 +63,11 @@ def _stitch_anchor_refs(args: argparse.Namespace, data_spec: DataSpec) -> list[A
     if bool(args.anchors) == bool(args.anchor):
         raise ValueError("anchors: give either --anchors FOLDER or --anchor PRESET=PATH (at least twice)")
     if args.anchor:
-        return anchor_refs_from_files(parse_anchor_files(args.anchor), input_size=data_spec.input_size)
+        from stitchnas.data import load_data
+
+        data = load_data(data_spec)  # the presets are rebuilt for the data; checkpoints adapt on load
+        return anchor_refs_from_files(parse_anchor_files(args.anchor), input_size=data.input_size,
+                                      in_chans=data.in_chans, num_classes=data.num_classes)
     refs = read_anchor_folder(args.anchors)
     trained_on = read_json(Path(args.anchors) / MANIFEST_FILE, "anchors manifest").get("data")
     wanted = json.loads(json.dumps(data_spec.to_json()))
@@ -73,11 +77,28 @@ def _stitch_anchor_refs(args: argparse.Namespace, data_spec: DataSpec) -> list[A
     return refs
 
 
+def checkpoint_normalisation(spec: DataSpec, presets: Sequence[str]) -> DataSpec:
+    """Fine-tuning pretrained checkpoints normalises with their mean/std (timm's
+    ``pretrained_cfg``: ImageNet's for DeiT and ResNet), not the data's own statistics, when
+    every preset has the same; presets without one (the digits families) keep the data's."""
+    from dataclasses import replace
+
+    from stitching.anchors import pretrained_cfg
+
+    cfgs = {(c.mean, c.std) for c in (pretrained_cfg(p) for p in presets)}
+    if len(cfgs) != 1 or None in next(iter(cfgs)):
+        return spec
+    mean, std = next(iter(cfgs))
+    log.info("normalising the data with the checkpoints' mean %s and std %s", mean, std)
+    return replace(spec, mean=mean, std=std)
+
+
 def cmd_stitch_train(args: argparse.Namespace) -> int:
     from stitchnas import api
     from stitchnas.methods.snnet import StitchSearchConfig
 
-    data_spec = stitch_data_spec_from_args(args)
+    presets = [preset for preset, _ in parse_anchor_files(args.anchor)]
+    data_spec = checkpoint_normalisation(stitch_data_spec_from_args(args), presets)
     if args.no_train:
         args.epochs = 0
     train_cfg = stitch_train_config_from_args(args, anchor_lr_scale=args.anchor_lr_scale,

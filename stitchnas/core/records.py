@@ -15,7 +15,7 @@ any values), ``Any`` (any JSON value) and nested record dataclasses. An optional
 has; decoding restores them to ``None``. A field absent from the JSON takes its default (files
 written before a field existed still decode); a field without a default is required.
 
-Three class- and field-level switches, for configs whose files predate this codec:
+Four class- and field-level switches, for configs whose files predate this codec or a field:
 
 * ``json_kind: ClassVar[str]``: :func:`to_json` writes ``"kind": json_kind``; :func:`from_json`
   requires exactly that ``"kind"`` and strips it before decoding the fields.
@@ -24,6 +24,12 @@ Three class- and field-level switches, for configs whose files predate this code
 * ``field(metadata=OWN_JSON)``: the field's type codes itself (``value.to_json()`` and
   ``Type.from_json(data)``, e.g. the search spaces of :mod:`searchspace`, which import nothing of
   the engine); its ``ValueError`` becomes one line naming ``where`` and the field.
+* ``json_absent: ClassVar[Mapping[str, Any]]``: for a field added after files were written whose
+  old behaviour is not its new default (e.g. ``augment``: old runs trained without augmentation,
+  new ones augment by default), the value a file without the field means. :func:`from_json`
+  decodes a missing field to it, and :func:`to_json` leaves the field out while it holds it, so a
+  config of the old behaviour writes exactly the old JSON (run configs and checkpoint recipes,
+  compared on resume, stay equal to those of runs written before the field existed).
 
 Decoding calls the class's constructor, so ``__post_init__`` validation runs and its ``ValueError``
 (or ``TypeError``) becomes one line naming ``where`` too.
@@ -74,15 +80,19 @@ def to_json(record: Any) -> Any:
     """A record dataclass (or a value inside one) as plain JSON values; tuples become lists.
 
     Optional fields (default ``None``) holding ``None`` are left out unless the class sets
-    ``json_keep_none``; a class's ``json_kind`` is written as ``"kind"`` (see the module docstring).
+    ``json_keep_none``, and so are fields at their ``json_absent`` value; a class's ``json_kind``
+    is written as ``"kind"`` (see the module docstring).
     """
     if dataclasses.is_dataclass(record) and not isinstance(record, type):
         cls = type(record)
         keep_none = getattr(cls, "json_keep_none", False)
+        absent: Mapping[str, Any] = getattr(cls, "json_absent", {})
         out: dict[str, Any] = {} if (kind := getattr(cls, "json_kind", None)) is None else {"kind": kind}
         for f in dataclasses.fields(record):
             value = getattr(record, f.name)
             if value is None and f.default is None and not keep_none:
+                continue
+            if f.name in absent and value == absent[f.name]:
                 continue
             out[f.name] = value.to_json() if _own(f) and value is not None else to_json(value)
         return out
@@ -203,9 +213,13 @@ def from_json(cls: type[R], data: Any, where: str, _prefix: str = "") -> R:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"{where}: unknown field {_prefix + unknown[0]!r} (expected some of {sorted(fields)})")
+    absent: Mapping[str, Any] = getattr(cls, "json_absent", {})
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
+            if name in absent:
+                kwargs[name] = absent[name]
+                continue
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ValueError(f"{where}: missing field {_prefix + name!r}")
             continue
@@ -294,6 +308,8 @@ class Provenance:
         checkpoint_sha256: SHA-256 of the checkpoint the weights came from.
         dataset, data_dir, input_size, seed, max_train_samples, max_test_samples: The data.
         anchors: The anchors stitched (SN-Net, SN-Netv2).
+        anchor_adaptations: What loading the anchors' checkpoints adapted to the data (a new
+            head, adapted input channels, resized position embeddings), one line each.
         teacher: The distilled teacher (Learngene).
         distill_run, learngene_sha256, stitch_init: The Learngene distillation run, the SHA-256
             of its ``learngene.pt`` and how stitching layers were initialised.
@@ -311,6 +327,7 @@ class Provenance:
     max_train_samples: int | None = None
     max_test_samples: int | None = None
     anchors: tuple[AnchorDigest, ...] | None = None
+    anchor_adaptations: tuple[str, ...] | None = None
     teacher: AnchorDigest | None = None
     distill_run: str | None = None
     learngene_sha256: str | None = None

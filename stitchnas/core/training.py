@@ -6,17 +6,23 @@ Every random choice of epoch ``e`` is drawn from generators seeded with ``(seed,
 so a run resumed from an epoch-boundary checkpoint replays exactly what an uninterrupted run does.
 :func:`fit` owns the rest of a loop's scaffolding (resume, progress bar, checkpoint after every
 epoch, ``on_step``, stopping at a non-finite loss); a trainer supplies only one epoch's body.
+
+Training batches are augmented on the device, in batch (:func:`augment_batch`, applied by
+:meth:`TensorBatches.iterate`): random crop with padding and horizontal flip for small images,
+random-resized crop and flip for larger ones. Its parameters are drawn on the CPU from the epoch's
+:data:`AUGMENT_STREAM` generator, so a resumed run replays them too. Scoring never augments.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -59,14 +65,167 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 7 + stream)
 
 
+# ----------------------------------------------------------------------------- augmentation
+#: A training recipe's augmentation. ``"auto"``: ``"crop_flip"`` for images of at most
+#: :data:`AUTO_CROP_FLIP_MAX_SIZE` px a side, else ``"rrc_flip"`` (:func:`resolve_augment`).
+#: ``"crop"`` / ``"rrc"`` are the same crops without the flip: what ``"auto"`` picks for data whose
+#: labels a mirror image changes (digits: :attr:`ImageDataset.mirror_invariant`).
+Augment = Literal["auto", "none", "crop_flip", "rrc_flip", "crop", "rrc"]
+AUGMENTS: tuple[str, ...] = ("auto", "none", "crop_flip", "rrc_flip", "crop", "rrc")
+AUTO_CROP_FLIP_MAX_SIZE = 64
+#: The per-epoch generator stream augmentation draws from (:meth:`Epoch.generator`); 0 is the
+#: batch order, 2 torch's global RNG (drop path) and the mixture's scoring batches, 3 the GM split.
+AUGMENT_STREAM = 5
+#: Where a recipe's ``augment`` is left out of its JSON: files written before augmentation existed
+#: have no ``augment`` key, and those runs trained without augmentation, so a missing key means
+#: ``"none"``, not today's default (see ``json_absent`` in :mod:`stitchnas.core.records`).
+AUGMENT_ABSENT: Mapping[str, Any] = MappingProxyType({"augment": "none"})
+RRC_SCALE = (0.08, 1.0)  # random-resized crop: area fraction, torchvision's and timm's default
+RRC_RATIO = (3 / 4, 4 / 3)  # ... and aspect ratio (drawn log-uniformly)
+RRC_TRIES = 10  # draws before the centre-crop fallback, as torchvision
+
+
+def check_augment(kind: Any, what: str) -> None:
+    """Raise one ValueError line unless ``kind`` is one of :data:`AUGMENTS`."""
+    if kind not in AUGMENTS:
+        raise ValueError(f"{what} 'augment': expected one of {AUGMENTS}, got {kind!r}")
+
+
+def resolve_augment(kind: str, height: int, width: int, mirror_invariant: bool = True) -> str:
+    """The augmentation ``kind`` means for ``height`` x ``width`` images (``"auto"`` resolved:
+    padded crops for small images, random-resized crops for larger ones, flipped only where a
+    mirror image keeps its label)."""
+    check_augment(kind, "augmentation")
+    if kind != "auto":
+        return kind
+    small = max(height, width) <= AUTO_CROP_FLIP_MAX_SIZE
+    if mirror_invariant:
+        return "crop_flip" if small else "rrc_flip"
+    return "crop" if small else "rrc"
+
+
+class ImageDataset(torch.utils.data.TensorDataset):
+    """``(images, labels)`` tensors plus whether a mirror image keeps its label (False for
+    digits: a mirrored 2 is no 2), which ``augment="auto"`` respects."""
+
+    def __init__(self, *tensors: torch.Tensor, mirror_invariant: bool = True) -> None:
+        super().__init__(*tensors)
+        self.mirror_invariant = mirror_invariant
+
+
+def crop_padding(height: int, width: int) -> int:
+    """The zero padding of ``crop_flip``: an eighth of the image side, i.e. CIFAR's 4 px at 32 px
+    (BMS trains with ``RandomCrop(32, padding=4)``); at least 1. A fixed 4 px would shift an 8 px
+    image by half its width."""
+    return max(1, round(min(height, width) / 8))
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor of drawn parameters on ``device``; to CUDA from pinned memory without
+    blocking, so the host never waits for the GPU's queued work."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _crop_flip(x: torch.Tensor, generator: torch.Generator, allow_flip: bool = True) -> torch.Tensor:
+    n, _, h, w = x.shape
+    pad = crop_padding(h, w)
+    offsets = _to_device(torch.randint(0, 2 * pad + 1, (n, 2), generator=generator), x.device)  # (top, left)
+    flip = _to_device((torch.rand(n, generator=generator) < 0.5) & allow_flip, x.device)
+    # zero padding: the data is normalised per channel, so zero is the mean colour (as torchvision's
+    # RandomCrop(padding=4) on a normalised tensor; BMS pads before normalising, with black)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = offsets[:, :1] + torch.arange(h, device=x.device)  # (n, h)
+    cols = torch.arange(w, device=x.device).expand(n, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols) + offsets[:, 1:]  # (n, w), mirrored where flipped
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()  # (n, h, w, c) -> NCHW
+
+
+def rrc_boxes(n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """Random-resized-crop boxes ``(top, left, h, w)`` (float64, shape (n, 4), on the CPU),
+    torchvision's ``RandomResizedCrop.get_params`` for ``n`` images at once: up to
+    :data:`RRC_TRIES` draws of an area fraction in :data:`RRC_SCALE` and a log-uniform aspect
+    ratio in :data:`RRC_RATIO`; the first that fits is placed uniformly, else the centre crop of
+    the image clamped to the ratio range."""
+    area = height * width
+    scale = torch.empty(n, RRC_TRIES, dtype=torch.float64).uniform_(*RRC_SCALE, generator=generator)
+    log_ratio = torch.empty(n, RRC_TRIES, dtype=torch.float64).uniform_(
+        math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1]), generator=generator)
+    ratio = torch.exp(log_ratio)
+    cw, ch = torch.round(torch.sqrt(area * scale * ratio)), torch.round(torch.sqrt(area * scale / ratio))
+    fits = (cw > 0) & (cw <= width) & (ch > 0) & (ch <= height)
+    first = fits.to(torch.int8).argmax(1, keepdim=True)  # the first try that fits (0 when none does)
+    cw, ch, found = cw.gather(1, first)[:, 0], ch.gather(1, first)[:, 0], fits.any(1)
+    in_ratio = width / height
+    if in_ratio < RRC_RATIO[0]:
+        fw, fh = width, round(width / RRC_RATIO[0])
+    elif in_ratio > RRC_RATIO[1]:
+        fw, fh = round(height * RRC_RATIO[1]), height
+    else:
+        fw, fh = width, height
+    cw = torch.where(found, cw, torch.full_like(cw, fw))
+    ch = torch.where(found, ch, torch.full_like(ch, fh))
+    u = torch.rand(n, 2, dtype=torch.float64, generator=generator)
+    top = torch.minimum(torch.floor(u[:, 0] * (height - ch + 1)), height - ch)
+    left = torch.minimum(torch.floor(u[:, 1] * (width - cw + 1)), width - cw)
+    top = torch.where(found, top, torch.full_like(top, (height - fh) // 2))
+    left = torch.where(found, left, torch.full_like(left, (width - fw) // 2))
+    return torch.stack([top, left, ch, cw], 1)
+
+
+def _rrc_flip(x: torch.Tensor, generator: torch.Generator, allow_flip: bool = True) -> torch.Tensor:
+    n, _, h, w = x.shape
+    top, left, ch, cw = rrc_boxes(n, h, w, generator).unbind(1)
+    sign = torch.where((torch.rand(n, generator=generator) < 0.5) & allow_flip, -1.0, 1.0).double()
+    # one affine map per image from output to input coordinates (align_corners=False: pixel
+    # centres), the crop box scaled to the whole output, x negated where flipped
+    theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+    theta[:, 0, 0], theta[:, 0, 2] = sign * cw / w, (2 * left + cw) / w - 1
+    theta[:, 1, 1], theta[:, 1, 2] = ch / h, (2 * top + ch) / h - 1
+    grid = F.affine_grid(_to_device(theta.to(x.dtype), x.device), [n, x.shape[1], h, w], align_corners=False)
+    # bilinear sampling of the box on the whole image: where torchvision resizes the cut-out
+    # (clamping at its edges), edge pixels here blend with their neighbours outside the box
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator | None,
+                  mirror_invariant: bool = True) -> torch.Tensor:
+    """Augment the images ``x`` (N, C, H, W, on any device) per image, vectorised over the batch.
+
+    Args:
+        x: A normalised batch.
+        kind: ``"none"`` (``x`` itself), ``"crop_flip"`` (zero-pad by :func:`crop_padding`, crop
+            back to H x W at a uniform offset, flip horizontally with p = 0.5: CIFAR's recipe),
+            ``"rrc_flip"`` (random-resized crop, :func:`rrc_boxes`, resized back to H x W
+            bilinearly, then the flip: ImageNet's recipe) or ``"auto"`` (:func:`resolve_augment`).
+        generator: A CPU generator every random draw comes from (never the global RNG), so
+            a run with seeded generators is deterministic and a resume replays it; the small
+            parameter tensors are moved to ``x``'s device: no host sync per image.
+
+    Raises:
+        ValueError: An unknown ``kind``, or augmenting without a generator.
+    """
+    kind = resolve_augment(kind, x.shape[-2], x.shape[-1], mirror_invariant)
+    if kind == "none" or len(x) == 0:
+        return x
+    if generator is None:
+        raise ValueError(f"augmentation {kind!r}: needs a seeded generator (e.g. epoch.generator(AUGMENT_STREAM))")
+    flip = kind in ("crop_flip", "rrc_flip")  # the same draws either way: "crop" only drops the flip
+    return (_crop_flip(x, generator, flip) if kind in ("crop_flip", "crop") else _rrc_flip(x, generator, flip))
+
+
 class TensorBatches:
     """Mini-batches of an in-memory ``TensorDataset`` held on the training device.
 
-    Indexing whole tensors is much cheaper than a ``DataLoader`` collating single samples.
+    Indexing whole tensors is much cheaper than a ``DataLoader`` collating single samples; a
+    training loop's batches are augmented there too (:func:`augment_batch`).
     """
 
     def __init__(self, dataset: torch.utils.data.TensorDataset, device: torch.device) -> None:
         self.x, self.y = (t.to(device) for t in dataset.tensors)
+        self.mirror_invariant = getattr(dataset, "mirror_invariant", True)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -76,17 +235,30 @@ class TensorBatches:
         return n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
 
     def iterate(
-        self, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = False
+        self, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = False,
+        augment: str = "none", aug_generator: torch.Generator | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches in order, or shuffled by ``generator``; each augmented (``augment``, drawn
+        from ``aug_generator``; training loops only, scoring keeps the default ``"none"``)."""
         n = len(self)
+        if self.x.dim() == 4:
+            kind = resolve_augment(augment, self.x.shape[-2], self.x.shape[-1], self.mirror_invariant)
+        else:  # not images: "auto" means none
+            check_augment(augment, "augmentation")
+            kind = "none" if augment == "auto" else augment
+            if kind != "none":
+                raise ValueError(f"augmentation {kind!r}: needs images (N, C, H, W), got shape {tuple(self.x.shape)}")
+        if kind != "none" and aug_generator is None:
+            raise ValueError(f"augmentation {kind!r}: needs a seeded generator (aug_generator)")
         order = torch.randperm(n, generator=generator).to(self.x.device) if generator is not None else None
         for b in range(self.num_batches(batch_size, drop_last)):
             idx = slice(b * batch_size, (b + 1) * batch_size)
             if order is None:
-                yield self.x[idx], self.y[idx]
+                x, y = self.x[idx], self.y[idx]
             else:
                 sel = order[idx]
-                yield self.x[sel], self.y[sel]
+                x, y = self.x[sel], self.y[sel]
+            yield augment_batch(x, kind, aug_generator), y
 
 
 @dataclass
@@ -106,10 +278,11 @@ TRAIN_CHECKPOINT_VERSION = 1
 class TrainConfig:
     """One training recipe (SGD + momentum, per-step cosine decay from ``lr`` to ``lr_min``):
     standalone networks and the supernet (:func:`supernet.training.train`), the mixture and the
-    Ray Train workers.
+    Ray Train workers. ``augment``: the training batches' augmentation (:func:`augment_batch`).
 
     Raises:
-        ValueError: ``epochs`` or ``batch_size`` below 1, or not ``0 <= lr_min <= lr, lr > 0``.
+        ValueError: ``epochs`` or ``batch_size`` below 1, not ``0 <= lr_min <= lr, lr > 0``, or an
+            unknown ``augment``.
     """
 
     epochs: int = 30
@@ -121,9 +294,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     amp: bool = True  # bf16 autocast, used only on CUDA
+    augment: Augment = "auto"
+
+    # files without "augment" were written by runs that did not augment: they decode as "none"
+    json_absent: ClassVar[Mapping[str, Any]] = AUGMENT_ABSENT
 
     def __post_init__(self) -> None:
         check_finite(self, "train config")
+        check_augment(self.augment, "train config")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train config '{name}': expected >= 1, got {getattr(self, name)}")

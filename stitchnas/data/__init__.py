@@ -1,11 +1,11 @@
 """Data sets as in-memory tensors with the BMS search split (see :mod:`stitchnas.data.base`).
 
 Importing this package registers the built-in data sets: ``digits``, ``cifar10``, ``cifar100``,
-``npz`` (:mod:`~stitchnas.data.sources`) and ``cluttered_digits``
-(:mod:`~stitchnas.data.cluttered`).
+``npz`` (:mod:`~stitchnas.data.sources`), ``cluttered_digits``
+(:mod:`~stitchnas.data.cluttered`) and ``imagefolder`` (:mod:`~stitchnas.data.imagefolder`).
 """
 
-from stitchnas.data import cluttered, sources  # noqa: F401  (registers the built-in data sets)
+from stitchnas.data import cluttered, imagefolder, sources  # noqa: F401  (registers the built-in data sets)
 from stitchnas.data.base import (
     DataSpec,
     DataSplits,

@@ -13,6 +13,7 @@ when :mod:`stitchnas.data` is imported. :func:`register_dataset` adds more by na
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from stitchnas.core import records
+from stitchnas.core.training import ImageDataset
 
 __all__ = [
     "DataSpec",
@@ -52,6 +54,11 @@ class DataSpec:
         max_test_samples: Optional stratified subsample of the test set.
         options: Extra, data-set-specific settings (e.g. ``canvas_size`` for
             ``cluttered_digits``); data sets reject options they do not know.
+        mean, std: Per-channel normalisation to use instead of the training split's own
+            statistics, in the [0, 1] pixel units every loader produces: a pretrained
+            checkpoint's (timm's ``pretrained_cfg``; ImageNet's for DeiT and ResNet) when
+            fine-tuning it. Three values on one-channel data are averaged (the grey image is
+            what the checkpoint's summed RGB filters see).
     """
 
     name: str = "digits"
@@ -63,6 +70,8 @@ class DataSpec:
     max_train_samples: int | None = None
     max_test_samples: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     json_keep_none: ClassVar[bool] = True  # "data_dir": null etc., as run configs always had them
 
@@ -92,6 +101,16 @@ class DataSpec:
                 f"DataSpec.options must be a dict with string keys, got {self.options!r}")
         # A private copy: later edits to the caller's dict must not change a frozen spec.
         object.__setattr__(self, "options", dict(self.options))
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("DataSpec.mean/std: give both or neither")
+        if self.mean is not None and self.std is not None:
+            mean, std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
+            if not mean or len(mean) != len(std) or not all(math.isfinite(v) for v in mean + std) \
+                    or min(std) <= 0:
+                raise ValueError(f"DataSpec.mean/std: expected equally many finite values, std > 0, "
+                                 f"got {list(self.mean)}/{list(self.std)}")
+            object.__setattr__(self, "mean", mean)
+            object.__setattr__(self, "std", std)
 
     def to_json(self) -> dict[str, Any]:
         """Every field, ``None`` as ``null`` (the ``"data"`` of run configs and manifests)."""
@@ -121,6 +140,8 @@ class RawData:
         x_test: Official test images, or ``None`` to hold out ``DataSpec.test_fraction``.
         y_test: Official test labels (with ``x_test``).
         class_names: Optional names, one per class.
+        mirror_invariant: Whether a mirror image keeps its label (False for digits), which
+            training augmentation's ``"auto"`` respects.
     """
 
     x_train: np.ndarray
@@ -129,6 +150,7 @@ class RawData:
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
+    mirror_invariant: bool = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -263,6 +285,15 @@ def _checked_arrays(raw: RawData, name: str) -> list[np.ndarray]:
     return arrays
 
 
+def _given_normalisation(mean: tuple[float, ...], std: tuple[float, ...],
+                         channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(mean) == 3 and channels == 1:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    if len(mean) != channels:
+        raise ValueError(f"DataSpec.mean/std: {len(mean)} values for {channels}-channel images")
+    return torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+
+
 def _resize(x: np.ndarray, size: int) -> torch.Tensor:
     """``(N, C, H, W)`` array -> float32 tensor of ``(N, C, size, size)``, in chunks.
 
@@ -317,10 +348,13 @@ def load_data(spec: DataSpec) -> DataSplits:
     x_train = _resize(x_tr[order], spec.input_size)
     y_train = torch.from_numpy(y_tr[order].copy())
     x_test = _resize(x_te, spec.input_size)
-    # Statistics of the training split only: the test set must not leak into the inputs.
-    mean = x_train.double().mean(dim=(0, 2, 3))
-    std = x_train.double().std(dim=(0, 2, 3), unbiased=False)
-    std = torch.where(std > 1e-12, std, torch.ones_like(std))
+    if spec.mean is not None and spec.std is not None:
+        mean, std = _given_normalisation(spec.mean, spec.std, x_train.shape[1])
+    else:
+        # Statistics of the training split only: the test set must not leak into the inputs.
+        mean = x_train.double().mean(dim=(0, 2, 3))
+        std = x_train.double().std(dim=(0, 2, 3), unbiased=False)
+        std = torch.where(std > 1e-12, std, torch.ones_like(std))
     scale = (mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1))
     x_train.sub_(scale[0]).div_(scale[1])  # in place: x_train is our own copy
     x_test = (x_test - scale[0]) / scale[1]
@@ -331,9 +365,9 @@ def load_data(spec: DataSpec) -> DataSplits:
         num_classes=int(raw.num_classes),
         in_chans=int(x_train.shape[1]),
         input_size=spec.input_size,
-        search_train=TensorDataset(x_train[:n_search], y_train[:n_search]),
+        search_train=ImageDataset(x_train[:n_search], y_train[:n_search], mirror_invariant=raw.mirror_invariant),
         search_val=TensorDataset(x_train[n_search:], y_train[n_search:]),
-        train=TensorDataset(x_train, y_train),
+        train=ImageDataset(x_train, y_train, mirror_invariant=raw.mirror_invariant),
         test=TensorDataset(x_test.contiguous(), torch.from_numpy(y_te.copy())),
         mean=tuple(float(v) for v in mean),
         std=tuple(float(v) for v in std),

@@ -169,7 +169,7 @@ def _load_cluttered(spec: DataSpec) -> RawData:
     rendered = make_cluttered_digits(spec.seed, spec.test_fraction, ClutterConfig(**options))
     return RawData(rendered.x_train, rendered.y_train, num_classes=10,
                    x_test=rendered.x_test, y_test=rendered.y_test,
-                   class_names=tuple(str(i) for i in range(10)))
+                   class_names=tuple(str(i) for i in range(10)), mirror_invariant=False)
 
 
 # overwrite=True: re-importing this module (e.g. importlib.reload) must not fail.

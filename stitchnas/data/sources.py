@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from stitchnas.data.base import DataSpec, RawData, _check_labels, register_dataset, reject_options
+from stitchnas.data.imagefolder import looks_like_image_folder
 
 
 def _load_digits(spec: DataSpec) -> RawData:
@@ -21,7 +22,7 @@ def _load_digits(spec: DataSpec) -> RawData:
     bunch = load_digits()
     images = (np.asarray(bunch.images, dtype=np.float32) / 16.0)[:, None]
     return RawData(images, np.asarray(bunch.target, dtype=np.int64), num_classes=10,
-                   class_names=tuple(str(i) for i in range(10)))
+                   class_names=tuple(str(i) for i in range(10)), mirror_invariant=False)
 
 
 # -- CIFAR python-pickle folders ---------------------------------------------------------------
@@ -125,7 +126,11 @@ def _load_cifar(spec: DataSpec) -> RawData:
         raise ValueError(f"{spec.name} data_dir {root}: folder not found")
     folder = root / layout.folder
     if not folder.is_dir():
-        if not (root / layout.train_files[0]).exists():
+        if not (root / layout.train_files[0]).is_file():
+            if looks_like_image_folder(root):
+                raise ValueError(f"{spec.name} data_dir {root}: this looks like an image folder (class "
+                                 f"sub-folders of images), not the {layout.folder}/ python-pickle folder; "
+                                 f"use --dataset imagefolder")
             raise ValueError(f"{spec.name} data_dir {root}: expected folder {layout.folder}/ "
                              f"or the file {layout.train_files[0]} in it")
         folder = root

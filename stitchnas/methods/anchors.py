@@ -72,6 +72,12 @@ def data_overrides(data: DataSplits) -> dict[str, Any]:
     return {"img_size": data.input_size, "in_chans": data.in_chans, "num_classes": data.num_classes}
 
 
+def _unchanged(entry: AnchorEntry, weights: Path) -> bool:
+    """Whether ``weights`` is still the file ``entry`` recorded (True when it recorded no SHA-256,
+    as a hand-written manifest may: nothing to check against)."""
+    return not entry.sha256 or file_sha256(weights) == entry.sha256.lower()
+
+
 def train_anchors(
     cfg: AnchorTrainConfig,
     out_dir: str | Path,
@@ -82,7 +88,9 @@ def train_anchors(
     """Train every anchor of ``cfg.family`` into ``out_dir`` (see the module docstring).
 
     The manifest is rewritten after each anchor, so with ``resume=True`` finished anchors are
-    skipped and an interrupted one continues from its last epoch checkpoint.
+    skipped and an interrupted one continues from its last epoch checkpoint. A finished anchor
+    whose ``.pth`` no longer has the SHA-256 the manifest recorded is retrained (with a warning;
+    the changed file is kept as ``NAME.pth.changed``).
     """
     data = load_data(cfg.data)
     presets = FAMILIES[cfg.family]
@@ -100,9 +108,17 @@ def train_anchors(
     for i, preset in enumerate(presets):
         weights = out / f"{preset}.pth"
         if preset in done and weights.exists():
-            log.info("anchor %s: already trained (%s), skipped", preset, weights)
-            entries.append(done[preset])
-            continue
+            if _unchanged(done[preset], weights):
+                log.info("anchor %s: already trained (%s), skipped", preset, weights)
+                entries.append(done[preset])
+                continue
+            # Not the file anchors.json vouches for (truncated, overwritten): keeping it would
+            # hand a broken or foreign anchor to every stitch run. Training is deterministic, so
+            # retraining restores the recorded anchor; the changed file is kept aside, not lost.
+            aside = weights.with_name(f"{weights.name}.changed")
+            weights.replace(aside)
+            log.warning("anchor %s: %s changed since it was trained (SHA-256 differs from %s): retraining it; "
+                        "the changed file is kept as %s", preset, weights, MANIFEST_FILE, aside)
         torch.manual_seed(cfg.train.seed * 1000 + i)  # init independent of which anchors were skipped
         model = create_anchor(preset, **{**data_overrides(data), **cfg.overrides})
         ckpt = out / f"{preset}.train.pt"

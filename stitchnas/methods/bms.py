@@ -20,6 +20,7 @@ score matrix W) and, when all pairs are evaluated, ``accuracy_matrix.csv``.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -171,8 +172,17 @@ def restore_selection(mixture: MixtureOfSuperNets, run_dir: Path) -> None:
     if not path.exists():
         return
     m = mixture.num_supernets
-    for row in ResultsTable(path, ("candidate", "label", *[f"m{j}" for j in range(m)])).rows():
-        mixture.selected[int(row["candidate"])] = int(np.nanargmax([float(row[f"m{j}"]) for j in range(m)]))
+    seen: set[int] = set()
+    for line, row in enumerate(ResultsTable(path, ("candidate", "label", *[f"m{j}" for j in range(m)])).rows(), 2):
+        index, accs = row["candidate"], [row[f"m{j}"] for j in range(m)]
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(mixture.space) \
+                or index in seen:
+            raise ValueError(f"accuracy matrix {path}: line {line}: candidate {index!r} is not a new candidate "
+                             f"of this run (expected an index in 0..{len(mixture.space) - 1}, once)")
+        if not all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in accs):
+            raise ValueError(f"accuracy matrix {path}: line {line}: expected {m} finite accuracies, got {accs}")
+        seen.add(index)
+        mixture.selected[index] = int(np.argmax(accs))
 
 
 __all__ = [

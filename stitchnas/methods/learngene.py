@@ -41,7 +41,14 @@ from stitching.trainer import StitchTrainConfig
 from stitchnas.core import records
 from stitchnas.core.checkpoints import load_checkpoint_weights, load_state_strict
 from stitchnas.core.evaluation import accuracy
-from stitchnas.core.io import atomic_torch_save, atomic_write_json, file_sha256, load_checkpoint, read_json
+from stitchnas.core.io import (
+    atomic_torch_save,
+    atomic_write_json,
+    file_sha256,
+    load_checkpoint,
+    read_json,
+    read_versioned_json,
+)
 from stitchnas.core.records import AnchorDigest, Provenance, data_fields
 from stitchnas.core.runs import RUN_CONFIG, prepare_run_dir
 from stitchnas.core.training import TrainHistory
@@ -155,8 +162,8 @@ def run_distill(
     out = prepare_run_dir(out_dir, cfg.to_json(), resume)
     weights, manifest_path = out / LEARNGENE_WEIGHTS, out / LEARNGENE_MANIFEST
     if manifest_path.exists() and weights.exists():
-        manifest = read_json(manifest_path, "learngene manifest")
-        if manifest.get("sha256") == file_sha256(weights):
+        manifest = read_learngene_manifest(manifest_path)
+        if manifest["sha256"] == file_sha256(weights):
             log.info("distillation already finished in %s", out)
             return DistillOutcome(out, manifest)
     torch.manual_seed(cfg.distill.train.seed)
@@ -193,19 +200,29 @@ def run_distill(
     return DistillOutcome(out, manifest, history)
 
 
+def read_learngene_manifest(path: str | Path) -> dict[str, Any]:
+    """A ``learngene.json``, checked the same way wherever it is read (resuming a distillation
+    run, a pool reading the students): a JSON object of ``format`` :data:`LEARNGENE_FORMAT`,
+    ``format_version`` :data:`LEARNGENE_VERSION` and a string ``sha256`` (of ``learngene.pt``).
+
+    Raises:
+        ValueError: One line naming the file and the field.
+    """
+    manifest = read_versioned_json(path, "learngene manifest", LEARNGENE_FORMAT, LEARNGENE_VERSION)
+    if not isinstance(manifest.get("sha256"), str):
+        raise ValueError(f"learngene manifest {path}: field 'sha256': expected the SHA-256 of {LEARNGENE_WEIGHTS} "
+                         f"as a string, got {manifest.get('sha256')!r:.80}")
+    return manifest
+
+
 def read_distill_run(folder: str | Path) -> tuple[LearngeneDistillRunConfig, dict[str, Any], LearngeneDistiller]:
     """A finished distillation run: its config, manifest and distiller (students + matrices)."""
     folder = Path(folder)
     cfg = LearngeneDistillRunConfig.from_json(read_json(folder / RUN_CONFIG, "run config"),
                                               f"run config {folder / RUN_CONFIG}")
-    manifest = read_json(folder / LEARNGENE_MANIFEST, "learngene manifest")
-    if not isinstance(manifest, dict) or manifest.get("format") != LEARNGENE_FORMAT:
-        raise ValueError(f"learngene manifest {folder / LEARNGENE_MANIFEST}: 'format' must be {LEARNGENE_FORMAT!r}")
-    if manifest.get("format_version") != LEARNGENE_VERSION:
-        raise ValueError(f"learngene manifest {folder / LEARNGENE_MANIFEST}: 'format_version' "
-                         f"{manifest.get('format_version')!r} is not supported (expected {LEARNGENE_VERSION})")
+    manifest = read_learngene_manifest(folder / LEARNGENE_MANIFEST)
     weights = folder / LEARNGENE_WEIGHTS
-    if file_sha256(weights) != manifest.get("sha256"):
+    if file_sha256(weights) != manifest["sha256"]:
         raise ValueError(f"learngene weights {weights}: SHA-256 does not match {LEARNGENE_MANIFEST}")
     distiller = build_distiller(dict(cfg.teacher.config), cfg.distill)
     load_state_strict(distiller, load_checkpoint(weights), f"learngene weights {weights}")
@@ -346,5 +363,5 @@ class LearngenePoolMethod(SearchMethod):
 __all__ = [
     "DISTILL_CHECKPOINT", "INITS", "LEARNGENE_MANIFEST", "LEARNGENE_WEIGHTS", "DistillOutcome",
     "LearngeneDistillRunConfig", "LearngenePoolConfig", "LearngenePoolMethod", "POOL_CHECKPOINT",
-    "build_learngene_pool", "pool_indices", "read_distill_run", "run_distill",
+    "build_learngene_pool", "pool_indices", "read_distill_run", "read_learngene_manifest", "run_distill",
 ]

@@ -23,8 +23,9 @@ from torch import nn
 
 from searchspace.pooling import PoolingConfig, PoolingSpace
 from stitchnas.core import records
+from stitchnas.core.checkpoints import load_checkpoint_weights
 from stitchnas.core.evaluation import accuracy
-from stitchnas.core.io import file_sha256, load_checkpoint
+from stitchnas.core.io import file_sha256
 from stitchnas.core.records import OWN_JSON, Provenance, data_fields
 from stitchnas.core.runs import prepare_run_dir
 from stitchnas.data import DataSpec, DataSplits, load_data
@@ -330,11 +331,7 @@ class PoolingMethod(SearchMethod):
 
     def load_trained(self, run_dir: Path, data: DataSplits) -> nn.Module:
         network = build_search_model(self.cfg, ModelSpec(data.in_chans, data.num_classes))
-        ckpt = Path(run_dir) / SUPERNET_CHECKPOINT
-        state = load_checkpoint(ckpt)
-        if not isinstance(state.get("model"), dict):
-            raise ValueError(f"checkpoint {ckpt}: not a supernet checkpoint (no 'model' state dict)")
-        network.load_state_dict(state["model"])
+        load_checkpoint_weights(network, Path(run_dir) / SUPERNET_CHECKPOINT, "a supernet")
         return network.eval()
 
     def task(self, network: nn.Module, data: DataSplits) -> CandidateTask:

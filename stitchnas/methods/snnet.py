@@ -36,7 +36,7 @@ from torch import nn
 from searchspace.samplers import ConfigSampler, FlopsGroupedSampler
 from searchspace.stitch import Segment, StitchConfig
 from searchspace.stitch_v2 import ROUTE_TYPES, RouteType, StitchSpaceV2
-from stitching.anchors import AnchorRef, check_anchor_data, load_anchors
+from stitching.anchors import AnchorRef, check_anchor_data, load_anchors_with_reports
 from stitching.flops import flops_table
 from stitching.lowrank import LowRankStitchingLayer
 from stitching.snnet import SNNet, anchor_space, build_anchor, check_compatible, stitched_model_config
@@ -185,7 +185,10 @@ def build_snnet(cfg: StitchSearchConfig, data: DataSplits, weights: bool = True)
     (the caller loads a checkpoint instead). Raises ValueError for unstitchable anchors or data,
     or a low-rank ``lora_rank`` larger than a stitching layer's widths."""
     if weights:
-        anchors = load_anchors(cfg.stitched_anchors)
+        anchors, reports = load_anchors_with_reports(cfg.stitched_anchors)
+        for ref, report in zip(cfg.stitched_anchors, reports):
+            for line in report.describe():
+                log.info("anchor %s: %s", ref.name, line)
     else:
         anchors = [build_anchor(dict(a.config)) for a in cfg.stitched_anchors]
     names = [a.name for a in cfg.stitched_anchors]
@@ -208,6 +211,22 @@ def build_snnet(cfg: StitchSearchConfig, data: DataSplits, weights: bool = True)
     snnet = SNNet(anchors, space, layer_factory=factory)
     check_anchor_data(anchors, names, data)
     return snnet
+
+
+def anchor_adaptations(refs: Sequence[AnchorRef]) -> tuple[str, ...] | None:
+    """What loading each anchor's checkpoint adapts to the data (a new head, adapted input
+    channels, resized position embeddings), one line each, for an export's provenance; None
+    when every checkpoint loads unchanged (or a file is gone since the run)."""
+    from stitching.anchors import build_anchor
+    from stitching.checkpoint import load_checkpoint
+
+    lines: list[str] = []
+    for ref in refs:
+        if not Path(ref.path).is_file():
+            return None
+        report = load_checkpoint(build_anchor(dict(ref.config)), ref.path)
+        lines += [f"{ref.name}: {line}" for line in report.describe()]
+    return tuple(lines) or None
 
 
 def training_sampler(cfg: StitchSearchConfig, snnet: SNNet) -> ConfigSampler:
@@ -456,6 +475,7 @@ class SNNetMethod(SearchMethod):
         return Provenance(source="snnetv2" if self.cfg.version == "v2" else "snnet", run_dir=str(run.resolve()),
                           checkpoint_sha256=file_sha256(run / SNNET_CHECKPOINT),
                           anchors=tuple(AnchorDigest(a.name, a.sha256) for a in self.cfg.stitched_anchors),
+                          anchor_adaptations=anchor_adaptations(self.cfg.stitched_anchors),
                           **data_fields(self.cfg.data))
 
     def export_dir_name(self, network: nn.Module, index: int) -> str:

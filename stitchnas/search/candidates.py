@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import random
 import time
 from abc import ABC, abstractmethod
@@ -195,26 +196,29 @@ def evaluate_in_process(job: CandidateJob) -> None:
         score_candidates(job.table, job.task, todo, job.task.evaluator().prepare(job.device), job.progress)
 
 
-def check_results(table: ResultsTable, task: CandidateTask) -> None:
-    """Refuse a results table that cannot belong to ``task``'s run, before anything is added
-    to it: a candidate that is not an index of the task, one that appears twice, an unknown
-    status, or an ``ok`` row without a finite accuracy.
+def check_results(table: ResultsTable, num_candidates: int) -> None:
+    """Refuse a results table that cannot belong to a run of ``num_candidates`` candidates,
+    before anything reads or adds to it: a candidate that is not an index, one that appears
+    twice, an unknown status, FLOPs or parameters that are not counts, or an ``ok`` row
+    without a finite accuracy.
 
     Raises:
         ValueError: One line naming the file and the line.
     """
-    import math
-
     seen: dict[str, int] = {}
     for line, row in enumerate(table.rows(), start=2):
         key = str(row.get("candidate"))
         where = f"results table {table.path}: line {line}"
-        if not key.isdigit() or int(key) >= len(task):
+        if not key.isdigit() or int(key) >= num_candidates:
             raise ValueError(f"{where}: candidate {key!r} is not a candidate of this run "
-                             f"(expected an index in 0..{len(task) - 1}); start a new run folder")
+                             f"(expected an index in 0..{num_candidates - 1}); start a new run folder")
         if key in seen:
             raise ValueError(f"{where}: candidate {key} is already on line {seen[key]}")
         seen[key] = line
+        for column in ("flops", "params"):
+            value = row.get(column)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{where}: column {column!r} is {value!r}, expected a count >= 0")
         status, acc = row.get("status"), row.get("val_acc")
         if status not in ("ok", "failed"):
             raise ValueError(f"{where}: status {status!r}, expected 'ok' or 'failed'")

@@ -17,7 +17,8 @@ from typing import Any, Literal, overload
 import torch
 from torch import nn
 
-from stitchnas.core.io import atomic_torch_save, atomic_write_json, file_sha256, read_versioned_json
+from stitchnas.core.checkpoints import load_state_strict
+from stitchnas.core.io import atomic_torch_save, atomic_write_json, file_sha256, load_checkpoint, read_versioned_json
 from stitchnas.core.records import MODEL_FORMAT, MODEL_FORMAT_VERSION, ModelCard, Provenance, from_json
 from stitchnas.core.version import __version__
 
@@ -167,12 +168,8 @@ def load_model(
         model = BUILDERS[card.kind](record)
     except (KeyError, TypeError) as err:
         raise ValueError(f"model config {record_path}: malformed ({type(err).__name__}: {err})") from err
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        raise ValueError(f"model weights {weights}: do not fit the config ({' '.join(first[:2])})") from err
+    state = load_checkpoint(weights)  # weights_only=True; one line for a corrupt or refused file
+    load_state_strict(model, state, f"model weights {weights}")
     model.to(device).eval()
     return (model, record) if return_record else model
 

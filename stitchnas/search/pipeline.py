@@ -286,7 +286,7 @@ def _score(method: SearchMethod, network: nn.Module, data: DataSplits, out: Path
     task = method.task(network, data)
     method.open_run(network, task, out)
     table = ResultsTable(out / RESULTS_FILE, RESULT_COLUMNS)
-    check_results(table, task)  # a resumed table must belong to this run
+    check_results(table, len(task))  # a resumed table must belong to this run
     backend(CandidateJob(task, table, method.candidates(task), out, seed=method.seed,
                          subset_size=method.subset_size, progress=progress, device=method.device))
     log.info("results: %s", out / RESULTS_FILE)
@@ -376,8 +376,9 @@ def export_from_run(method: SearchMethod, run_dir: str | Path, candidate: int | 
     index = method.parse_candidate(network, candidate)
     recorded = None
     if (run / RESULTS_FILE).exists():
-        rows = ResultsTable(run / RESULTS_FILE, RESULT_COLUMNS).rows()
-        recorded = next((r["val_acc"] for r in rows if str(r["candidate"]) == str(index)), None)
+        table = ResultsTable(run / RESULTS_FILE, RESULT_COLUMNS)
+        check_results(table, len(method.task(network, data)))
+        recorded = next((r["val_acc"] for r in table.rows() if str(r["candidate"]) == str(index)), None)
     folder = Path(out_dir) if out_dir is not None else run / SELECTED_DIR / method.export_dir_name(network, index)
     return method.export(folder, network, index, data, method.provenance(run), search_val_acc=recorded)
 

@@ -2,31 +2,40 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from searchspace.pooling import PoolingSpace
-from stitchnas.core.io import ResultsTable, atomic_write_json, read_json
+from stitchnas.core.io import ResultsTable, atomic_write_json
+from stitchnas.search.candidates import check_results
 from stitchnas.search.front import RESULT_COLUMNS
 from stitchnas.studies.ranking import compare
 from stitchnas.studies.truth import load_truth
 
 
 def search_estimates(run_dir: str | Path) -> tuple[PoolingSpace, dict[str, float]]:
-    """The space of a search run and its validation accuracy per evaluated candidate."""
+    """The space of a pooling search run (SPOS or BMS) and its validation accuracy per
+    evaluated candidate.
+
+    Raises:
+        ValueError: One line when the folder is not a pooling search run or its results table
+            cannot belong to it (see :func:`~stitchnas.search.candidates.check_results`).
+    """
+    from stitchnas.methods import method_from_run
+    from stitchnas.methods.pooling import PoolingMethod
+
     run = Path(run_dir)
-    config = read_json(run / "run_config.json", "run config")
-    if "space" not in config or config["space"].get("kind") != "pooling":
-        raise ValueError(f"run {run}: not a pooling search run")
+    method = method_from_run(run)
+    if not isinstance(method, PoolingMethod):
+        raise ValueError(f"run {run}: not a pooling search run (ranking against ground truth needs one)")
     results = run / "results.csv"
     if not results.exists():
         raise ValueError(f"run {run}: results.csv not found (the search has not evaluated candidates yet)")
-    rows = ResultsTable(results, RESULT_COLUMNS).rows()
-    est = {str(r["candidate"]): float(r["val_acc"]) for r in rows
-           if r["status"] == "ok" and isinstance(r["val_acc"], (int, float)) and math.isfinite(r["val_acc"])}
-    return PoolingSpace.from_json(config["space"]), est
+    table = ResultsTable(results, RESULT_COLUMNS)
+    check_results(table, len(method.cfg.space))
+    est = {str(r["candidate"]): float(r["val_acc"]) for r in table.rows() if r["status"] == "ok"}
+    return method.cfg.space, est
 
 
 def rank_run(run_dir: str | Path, truth_dir: str | Path | Sequence[str | Path],

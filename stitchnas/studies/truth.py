@@ -8,6 +8,8 @@ for every seed (``DataSpec.seed``); only initialisation and batch order change w
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import math
 import time
@@ -22,7 +24,7 @@ from tqdm.auto import tqdm
 from searchspace.pooling import PoolingConfig, PoolingSpace
 from stitchnas.core.evaluation import accuracy
 from stitchnas.core.io import ResultsTable, atomic_write_text, read_json
-from stitchnas.core.records import OWN_JSON, to_json
+from stitchnas.core.records import OWN_JSON, from_json, to_json
 from stitchnas.core.runs import prepare_run_dir
 from stitchnas.data import DataSpec, load_data
 from supernet.flops import pooling_flops
@@ -36,6 +38,11 @@ log = logging.getLogger(__name__)
 
 TRUTH_FILE = "truth.csv"
 TRUTH_COLUMNS = ("key", "candidate", "label", "seed", "flops", "test_acc", "train_acc", "seconds")
+# What each column of truth.csv must hold when it is read back (the writer's ResultsTable
+# stores text): "int" an integer, "number" any float (nan/inf too: a diverged run), "number?" a
+# number or empty (NaN; columns nothing ranks by), "text" anything.
+_TRUTH_CELLS = {"key": "text", "candidate": "int", "label": "text", "seed": "int", "flops": "number",
+                "test_acc": "number", "train_acc": "number?", "seconds": "number?"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,14 @@ class TruthConfig:
 
     def to_json(self) -> dict[str, Any]:
         return to_json(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "ground-truth run config") -> TruthConfig:
+        """Strict decoding (:func:`stitchnas.core.records.from_json`): one line naming ``where``
+        and the first missing, unknown or mistyped field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        return from_json(cls, data, where)
 
     def configurations(self) -> list[PoolingConfig]:
         if self.candidates is None:
@@ -95,15 +110,76 @@ def run_ground_truth(cfg: TruthConfig, out_dir: str | Path, resume: bool = False
 
 def write_summary(out: Path) -> Path:
     """``truth_summary.csv``: mean and standard deviation over seeds per configuration."""
-    import pandas as pd
-
-    rows = pd.read_csv(out / TRUTH_FILE)
+    rows = read_truth_table(out / TRUTH_FILE)
     summary = (rows.groupby(["candidate", "label", "flops"], as_index=False)["test_acc"]
                .agg(test_acc="mean", test_std="std", seeds="count")
                .sort_values("candidate"))
     path = out / "truth_summary.csv"
     atomic_write_text(path, summary.to_csv(index=False))
     return path
+
+
+def _cell(text: str, kind: str) -> Any:
+    """One ``truth.csv`` cell as its column's type; ValueError (bare) when it is not one."""
+    if kind == "int":
+        return int(text)
+    if kind == "number" or (kind == "number?" and text.strip()):
+        return float(text)
+    return float("nan") if kind == "number?" else text
+
+
+def read_truth_table(path: str | Path) -> pd.DataFrame:
+    """One ``truth.csv`` as a DataFrame with typed columns (``candidate`` and ``seed`` integers,
+    ``flops``, ``test_acc``, ``train_acc`` and ``seconds`` floats).
+
+    Raises:
+        ValueError: One line naming the file, the line and the column: a missing file, a
+            header without one of :data:`TRUTH_COLUMNS`, a row with the wrong number of cells
+            or a cell that is not of its column's type (``line 3, column 'test_acc': expected a
+            number, got 'high'``).
+    """
+    import pandas as pd
+
+    path = Path(path)
+    where = f"ground truth {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{where}: file not found (expected a 'stitchnas truth' folder)") from None
+    except IsADirectoryError:
+        raise ValueError(f"{where}: is a folder, expected a CSV file") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{where}: not a text CSV file ({err.reason} at byte {err.start})") from None
+    try:
+        records = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as err:
+        raise ValueError(f"{where}: not a valid CSV file ({err})") from None
+    if not records:
+        raise ValueError(f"{where}: empty file, expected the header {','.join(TRUTH_COLUMNS)}")
+    header = records[0]
+    for column in TRUTH_COLUMNS:
+        if column not in header:
+            raise ValueError(f"{where}: line 1 (the header): no column {column!r} "
+                             f"(expected the header {','.join(TRUTH_COLUMNS)})")
+    positions = {column: header.index(column) for column in TRUTH_COLUMNS}
+    rows: dict[str, list[Any]] = {column: [] for column in TRUTH_COLUMNS}
+    for line, record in enumerate(records[1:], start=2):
+        if not record:
+            continue  # a blank line
+        if len(record) != len(header):
+            raise ValueError(f"{where}: line {line} has {len(record)} cells, expected {len(header)} (one per column "
+                             "of the header)")
+        for column, kind in _TRUTH_CELLS.items():
+            cell = record[positions[column]]
+            try:
+                rows[column].append(_cell(cell, kind))
+            except ValueError:
+                expected = "an integer" if kind == "int" else "a number"
+                raise ValueError(f"{where}: line {line}, column {column!r}: expected {expected}, "
+                                 f"got {cell!r:.40}") from None
+    frame = pd.DataFrame(rows, columns=list(TRUTH_COLUMNS))
+    dtypes = {"int": "int64", "number": "float64", "number?": "float64", "text": "object"}
+    return frame.astype({column: dtypes[kind] for column, kind in _TRUTH_CELLS.items()})
 
 
 def read_truth_rows(paths: str | Path | Sequence[str | Path], space: PoolingSpace | None = None) -> pd.DataFrame:
@@ -122,15 +198,17 @@ def read_truth_rows(paths: str | Path | Sequence[str | Path], space: PoolingSpac
         table_path = folder / TRUTH_FILE
         if not table_path.exists():
             raise ValueError(f"ground truth {table_path}: file not found (expected a 'stitchnas truth' folder)")
-        run = read_json(folder / "run_config.json", "ground-truth run config")
+        run_path = folder / "run_config.json"
+        run = TruthConfig.from_json(read_json(run_path, "ground-truth run config"),
+                                    f"ground-truth run config {run_path}")
         if space is not None:
-            truth_space = PoolingSpace.from_json(run["space"])
+            truth_space = run.space
             if truth_space != space:
                 raise ValueError(
                     f"ground truth {folder}: made for space {truth_space.name!r} ({truth_space.dumps()}), "
                     f"not for the search's space {space.name!r}"
                 )
-        frames.append(pd.read_csv(table_path))
+        frames.append(read_truth_table(table_path))
     rows = pd.concat(frames, ignore_index=True)
     # Folders may overlap (two workers meeting in the middle of one list): training is
     # deterministic, so a repeated (configuration, seed) must repeat its accuracy exactly.
