@@ -53,9 +53,8 @@ from stitchnas.core.records import AnchorDigest, Provenance, data_fields
 from stitchnas.core.runs import RUN_CONFIG, prepare_run_dir
 from stitchnas.core.training import TrainHistory
 from stitchnas.data import DataSpec, DataSplits, load_data
-from stitchnas.methods.snnet import StitchTask, export_dir_name, export_stitch_config, init_batch
-from stitchnas.search.candidates import CandidateTask
-from stitchnas.search.pipeline import HV_REFERENCES, SearchMethod, TrainContext
+from stitchnas.methods.snnet import StitchedNetworkMethod, init_batch
+from stitchnas.search.pipeline import HV_REFERENCES, TrainContext
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +253,7 @@ def build_learngene_pool(cfg: LearngenePoolConfig, distiller: LearngeneDistiller
     return pool.eval()
 
 
-class LearngenePoolMethod(SearchMethod):
+class LearngenePoolMethod(StitchedNetworkMethod):
     """Stage 2 of Learngene Pool as a :class:`~stitchnas.search.pipeline.SearchMethod`: the
     pool of descendants, its stitch init, fine-tuning from the teacher, every descendant scored.
 
@@ -321,10 +320,6 @@ class LearngenePoolMethod(SearchMethod):
         load_checkpoint_weights(pool, Path(run_dir) / POOL_CHECKPOINT, "a pool")
         return pool.eval()
 
-    def task(self, network: nn.Module, data: DataSplits) -> CandidateTask:
-        assert isinstance(network, SNNet)
-        return StitchTask(network, data, self.cfg.eval_batch_size)
-
     def title(self, network: nn.Module, data: DataSplits, what: str) -> str:
         assert isinstance(network, SNNet)
         return f"Learngene Pool ({len(network.space)} descendants, {what}) on {data.name}"
@@ -339,16 +334,6 @@ class LearngenePoolMethod(SearchMethod):
                           checkpoint_sha256=file_sha256(run / POOL_CHECKPOINT), distill_run=self.cfg.distill_run,
                           learngene_sha256=manifest["sha256"], stitch_init=self.cfg.init,
                           teacher=AnchorDigest(dcfg.teacher.name, dcfg.teacher.sha256), **data_fields(dcfg.data))
-
-    def export_dir_name(self, network: nn.Module, index: int) -> str:
-        assert isinstance(network, SNNet)
-        return export_dir_name(network.space.config(index))
-
-    def export(self, folder: Path, network: nn.Module, index: int, data: DataSplits, provenance: Provenance,
-               search_val_acc: float | None = None) -> Path:
-        assert isinstance(network, SNNet)
-        return export_stitch_config(folder, network, index, data, self.cfg.eval_batch_size, self.cfg.finetune.device,
-                                    provenance, search_val_acc)
 
     def parse_candidate(self, network: nn.Module, text: int | str) -> int:
         assert isinstance(network, SNNet)

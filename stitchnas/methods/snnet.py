@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from torch import nn
@@ -50,7 +50,7 @@ from stitchnas.core.training import TrainHistory, epoch_generator
 from stitchnas.data import DataSpec, DataSplits, load_data
 from stitchnas.search.candidates import CandidateEvaluator, CandidateTask, compact
 from stitchnas.search.export import export_model
-from stitchnas.search.pipeline import HV_REFERENCES, SearchMethod, TrainContext
+from stitchnas.search.pipeline import HV_REFERENCES, SearchConfig, SearchMethod, TrainContext
 
 log = logging.getLogger(__name__)
 
@@ -398,7 +398,36 @@ def export_stitch_config(
     return folder
 
 
-class SNNetMethod(SearchMethod):
+class StitchedConfig(SearchConfig, Protocol):
+    """What :class:`StitchedNetworkMethod` reads from its config beyond any search config's."""
+
+    @property
+    def eval_batch_size(self) -> int: ...
+
+
+class StitchedNetworkMethod(SearchMethod):
+    """What the methods over a stitched network (:class:`~stitching.snnet.SNNet`: SN-Net,
+    SN-Netv2, a Learngene pool) share: their candidates are the network's configurations,
+    scored and exported the same way."""
+
+    cfg: StitchedConfig
+
+    def task(self, network: nn.Module, data: DataSplits) -> CandidateTask:
+        assert isinstance(network, SNNet)
+        return StitchTask(network, data, self.cfg.eval_batch_size)
+
+    def export_dir_name(self, network: nn.Module, index: int) -> str:
+        assert isinstance(network, SNNet)
+        return export_dir_name(network.space.config(index))
+
+    def export(self, folder: Path, network: nn.Module, index: int, data: DataSplits, provenance: Provenance,
+               search_val_acc: float | None = None) -> Path:
+        assert isinstance(network, SNNet)
+        return export_stitch_config(folder, network, index, data, self.cfg.eval_batch_size, self.recipe.device,
+                                    provenance, search_val_acc)
+
+
+class SNNetMethod(StitchedNetworkMethod):
     """SN-Net / SN-Netv2 as a :class:`~stitchnas.search.pipeline.SearchMethod`: anchors from
     their files, least-squares stitching layers, joint training, every configuration scored."""
 
@@ -457,10 +486,6 @@ class SNNetMethod(SearchMethod):
         load_checkpoint_weights(snnet, Path(run_dir) / SNNET_CHECKPOINT, "an SN-Net")
         return snnet.eval()
 
-    def task(self, network: nn.Module, data: DataSplits) -> CandidateTask:
-        assert isinstance(network, SNNet)
-        return StitchTask(network, data, self.cfg.eval_batch_size)
-
     def title(self, network: nn.Module, data: DataSplits, what: str) -> str:
         assert isinstance(network, SNNet)
         family = network.anchor(0).config["family"]
@@ -478,23 +503,14 @@ class SNNetMethod(SearchMethod):
                           anchor_adaptations=anchor_adaptations(self.cfg.stitched_anchors),
                           **data_fields(self.cfg.data))
 
-    def export_dir_name(self, network: nn.Module, index: int) -> str:
-        assert isinstance(network, SNNet)
-        return export_dir_name(network.space.config(index))
-
-    def export(self, folder: Path, network: nn.Module, index: int, data: DataSplits, provenance: Provenance,
-               search_val_acc: float | None = None) -> Path:
-        assert isinstance(network, SNNet)
-        return export_stitch_config(folder, network, index, data, self.cfg.eval_batch_size, self.cfg.train.device,
-                                    provenance, search_val_acc)
-
     def parse_candidate(self, network: nn.Module, text: int | str) -> int:
         assert isinstance(network, SNNet)
         return find_config(network, text).id
 
 
 __all__ = [
-    "SNNET_CHECKPOINT", "SNNetMethod", "V2_LORA_RANK", "VERSIONS", "StitchEvaluator", "StitchSearchConfig",
+    "SNNET_CHECKPOINT", "SNNetMethod", "StitchedNetworkMethod", "V2_LORA_RANK", "VERSIONS", "StitchEvaluator",
+    "StitchSearchConfig",
     "StitchTask", "build_snnet", "config_row", "export_stitch_config", "find_config", "init_batch",
     "initialised_snnet", "largest_anchor", "parse_route", "route_text", "training_sampler",
 ]
