@@ -16,18 +16,29 @@ instead.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stitching.checkpoint import AdaptationReport, PretrainedCfg, load_checkpoint
+from stitching.checkpoint import (
+    AdaptationReport,
+    PretrainedCfg,
+    clean_state_dict,
+    load_checkpoint,
+    read_checkpoint,
+    unwrap_checkpoint,
+)
 from stitching.cnn import RESNET_PRESETS, RESNET_PRETRAINED_CFGS, TIMM_RESNET_PRESETS, create_resnet
 from stitching.flops import anchor_flops
 from stitching.snnet import AnchorModel, StitchAnchor, build_anchor
 from stitching.vit import VIT_PRESETS, VIT_PRETRAINED_CFGS, create_vit
 from stitchnas.core.io import file_sha256, read_versioned_json
 from stitchnas.core.records import ANCHORS_FORMAT, ANCHORS_FORMAT_VERSION, AnchorManifest, from_json, to_json
+
+log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "anchors.json"
 MANIFEST_FORMAT = ANCHORS_FORMAT
@@ -122,7 +133,9 @@ def anchor_refs_from_files(
     ordered small -> large by FLOPs. ``input_size``, ``in_chans`` and ``num_classes`` rebuild the
     presets for the data; the checkpoints are adapted on load as timm does (position embeddings
     resized, the first conv adapted to the channels, a classifier of another class count
-    replaced by a fresh one; see :mod:`stitching.checkpoint`)."""
+    replaced by a fresh one; see :mod:`stitching.checkpoint`). A ViT checkpoint with another
+    number of blocks than its preset (``stitchnas anchors train --depth``) rebuilds the preset
+    at the checkpoint's depth (logged; the config records it)."""
     if len(items) < 2:
         raise ValueError(f"--anchor: expected at least 2 anchors to stitch, got {len(items)}")
     refs, seen = [], set()
@@ -130,10 +143,34 @@ def anchor_refs_from_files(
         wanted = {"img_size": input_size, "in_chans": in_chans, "num_classes": num_classes}
         overrides = {k: v for k, v in wanted.items() if v is not None}
         config = create_anchor(preset, **overrides).config
+        depth = checkpoint_vit_depth(path) if config.get("family") == "vit" else None
+        if depth is not None and depth != config["depth"]:
+            log.info("anchor %s: checkpoint %s has %d blocks, preset %d; building the preset with depth %d",
+                     preset, path, depth, config["depth"], depth)
+            config = create_anchor(preset, **overrides, depth=depth).config
         name = preset if preset not in seen else f"{preset}:{Path(path).stem}"
         seen.add(preset)
         refs.append(AnchorRef(name, config, str(Path(path).resolve()), _sha_if_exists(Path(path))))
     return sorted(refs, key=lambda r: anchor_flops(dict(r.config)).total)
+
+
+def checkpoint_vit_depth(path: str | Path) -> int | None:
+    """The number of ViT blocks in a checkpoint (its ``blocks.N.`` keys, after unwrapping and
+    removing ``module.``-style prefixes); None when the file is missing or has no such keys
+    (loading reports it). Raises ValueError (one line naming the file) unless the block indices
+    are ``0..N-1``."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    state, _ = unwrap_checkpoint(read_checkpoint(path))
+    found = sorted({int(m.group(1)) for k in clean_state_dict(state) if (m := re.match(r"blocks\.(\d+)\.", k))})
+    if not found:
+        return None
+    if found != list(range(len(found))):
+        missing = sorted(set(range(found[-1] + 1)) - set(found))
+        raise ValueError(f"checkpoint {path}: its 'blocks.N.' keys are not contiguous (blocks {missing} missing of "
+                         f"0..{found[-1]}); cannot infer the ViT depth")
+    return len(found)
 
 
 def _sha_if_exists(path: Path) -> str:
@@ -146,13 +183,16 @@ def load_anchors(refs: Sequence[AnchorRef]) -> list[AnchorModel]:
     return load_anchors_with_reports(refs)[0]
 
 
-def load_anchors_with_reports(refs: Sequence[AnchorRef]) -> tuple[list[AnchorModel], list[AdaptationReport]]:
+def load_anchors_with_reports(
+    refs: Sequence[AnchorRef], reset_head: bool = False
+) -> tuple[list[AnchorModel], list[AdaptationReport]]:
     """:func:`load_anchors` plus, per anchor, what loading adapted (new head, adapted input
-    channels, resized ``pos_embed``), for the run's provenance (``report.to_json()``)."""
+    channels, resized ``pos_embed``), for the run's provenance (``report.to_json()``).
+    ``reset_head``: every anchor gets a fresh head, also of the checkpoint's class count."""
     anchors, reports = [], []
     for ref in refs:
         model = build_anchor(dict(ref.config))
-        reports.append(load_checkpoint(model, ref.path))
+        reports.append(load_checkpoint(model, ref.path, reset_head=reset_head))
         anchors.append(model.eval())
     return anchors, reports
 
@@ -175,6 +215,6 @@ def check_anchor_data(anchors: Sequence[StitchAnchor], names: Sequence[str], dat
 
 __all__ = [
     "AnchorRef", "MANIFEST_FILE", "MANIFEST_FORMAT", "MANIFEST_VERSION", "anchor_refs_from_files",
-    "check_anchor_data", "create_anchor", "load_anchors", "load_anchors_with_reports", "pretrained_cfg",
-    "read_anchor_folder", "read_anchor_manifest",
+    "check_anchor_data", "checkpoint_vit_depth", "create_anchor", "load_anchors", "load_anchors_with_reports",
+    "pretrained_cfg", "read_anchor_folder", "read_anchor_manifest",
 ]

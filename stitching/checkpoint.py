@@ -102,6 +102,8 @@ class AdaptationReport:
         key_format: ``"native"``, or ``"timm_resnet"`` when timm's ResNet names were mapped.
         head: ``(from_classes, to_classes)`` when the classifier was replaced by the model's
             freshly initialised one (0 = no classifier).
+        head_reset: The fresh head was asked for (``reset_head``: same class count, other
+            classes), not forced by another class count.
         input_chans: ``(from, to)`` channels of the adapted first conv.
         input_conv_method: How: ``"sum"`` (to 1 channel) or ``"repeat"`` (repeat the RGB filters,
             scale by ``3 / C``).
@@ -114,6 +116,7 @@ class AdaptationReport:
     prefixes_removed: tuple[str, ...] = ()
     key_format: str = "native"
     head: tuple[int, int] | None = None
+    head_reset: bool = False
     input_chans: tuple[int, int] | None = None
     input_conv_method: str = ""
     pos_embed: tuple[tuple[int, int], tuple[int, int]] | None = None
@@ -128,7 +131,8 @@ class AdaptationReport:
         """One line per adaptation (empty when the weights loaded unchanged)."""
         lines = []
         if self.head is not None:
-            lines.append(f"head replaced by a fresh one (from {self.head[0]} to {self.head[1]} classes)")
+            why = ", --reset-head" if self.head_reset else ""
+            lines.append(f"head replaced by a fresh one (from {self.head[0]} to {self.head[1]} classes{why})")
         if self.input_chans is not None:
             how = "summed over the RGB filters" if self.input_conv_method == "sum" else \
                 f"RGB filters repeated, scaled by 3/{self.input_chans[1]}"
@@ -142,7 +146,8 @@ class AdaptationReport:
         return {
             "source": self.source, "wrapper": self.wrapper, "prefixes_removed": list(self.prefixes_removed),
             "key_format": self.key_format,
-            "head": None if self.head is None else {"from_classes": self.head[0], "to_classes": self.head[1]},
+            "head": None if self.head is None else {"from_classes": self.head[0], "to_classes": self.head[1],
+                                                    **({"reset": True} if self.head_reset else {})},
             "input_chans": None if self.input_chans is None else {
                 "from": self.input_chans[0], "to": self.input_chans[1], "method": self.input_conv_method},
             "pos_embed": None if self.pos_embed is None else {
@@ -372,10 +377,11 @@ def _adapt_first_conv(
 
 def _adapt_head(
     state: dict[str, Any], prefix: str, model_state: Mapping[str, torch.Tensor], num_features: int, source: str,
-    name: str,
+    name: str, force: bool = False,
 ) -> tuple[int, int] | None:
     """Replace a classifier of another class count by the model's fresh one (timm's
-    ``load_pretrained`` pops it and loads non-strictly; the model keeps its initialisation)."""
+    ``load_pretrained`` pops it and loads non-strictly; the model keeps its initialisation);
+    ``force``: of the same class count too (same count, other classes)."""
     wkey, bkey = f"{prefix}.weight", f"{prefix}.bias"
     weight = state.get(wkey)
     model_weight = model_state.get(wkey)
@@ -387,7 +393,7 @@ def _adapt_head(
         old_shape = "none"
     elif isinstance(weight, torch.Tensor) and weight.ndim == 2 and weight.shape[1] == num_features:
         old = int(weight.shape[0])
-        if old == target:
+        if old == target and not (force and model_weight is not None):
             return None
         old_shape = _shape(weight)
     else:
@@ -397,8 +403,9 @@ def _adapt_head(
         if key in model_state:
             state[key] = model_state[key].detach().clone()
     log.info("checkpoint %s: classifier %r replaced by the model's freshly initialised one: %s (%d classes) -> %s "
-             "(%d classes)", source, name, old_shape, old, _shape(model_weight) if model_weight is not None else "none",
-             target)
+             "(%d classes)%s", source, name, old_shape, old,
+             _shape(model_weight) if model_weight is not None else "none", target,
+             " (reset_head: a fresh head asked for)" if force else "")
     return old, target
 
 
@@ -439,7 +446,7 @@ def _adapt_vit(
         pos_grid = ((side, side), (grid, grid))
         log.info("checkpoint %s: pos_embed resized from a %dx%d to a %dx%d grid (bicubic, antialias): %s -> %s",
                  source, side, side, grid, grid, _shape(pos), _shape(state["pos_embed"]))
-    head = _adapt_head(state, "head", expected, model.embed_dim, source, "head")
+    head = _adapt_head(state, "head", expected, model.embed_dim, source, "head", report.head_reset)
     return state, dataclasses.replace(report, head=head, input_chans=input_chans, input_conv_method=method,
                                       pos_embed=pos_grid, dropped=dropped)
 
@@ -462,14 +469,18 @@ def _adapt_resnet(
     input_chans, method = _adapt_first_conv(state, key, expected[key], report.source, names.get(key, key),
                                             patch=False)
     width = expected["fc.weight"].shape[1] if "fc.weight" in expected else model.feature_dims[-1]
-    head = _adapt_head(state, "fc", expected, int(width), report.source, "fc")
+    head = _adapt_head(state, "fc", expected, int(width), report.source, "fc", report.head_reset)
     return state, dataclasses.replace(report, head=head, input_chans=input_chans, input_conv_method=method), names
 
 
 def adapt_checkpoint(
-    checkpoint: Mapping[str, Any], model: nn.Module, source: str = UNKNOWN_SOURCE, use_ema: bool = True
+    checkpoint: Mapping[str, Any], model: nn.Module, source: str = UNKNOWN_SOURCE, use_ema: bool = True,
+    reset_head: bool = False,
 ) -> tuple[dict[str, Any], AdaptationReport, dict[str, str]]:
     """Unwrap, clean and adapt a checkpoint dict for ``model``; pure (``checkpoint`` is not changed).
+
+    ``reset_head`` replaces the classifier by the model's fresh one even when the class counts
+    match (e.g. digits 0-4 -> 5-9); the report's ``head_reset`` records it.
 
     Returns the state dict to load, the report and ``{model key: checkpoint key}`` for keys that
     were renamed (timm ResNet names), so messages can name the file's key.
@@ -478,7 +489,8 @@ def adapt_checkpoint(
     # import its helpers), so importing them here would close an import cycle.
     family = getattr(model, "config", {}).get("family") if isinstance(getattr(model, "config", None), dict) else None
     state, wrapper = unwrap_checkpoint(checkpoint, use_ema)
-    report = AdaptationReport(source=source, wrapper=wrapper, prefixes_removed=_prefixes_in(state))
+    report = AdaptationReport(source=source, wrapper=wrapper, prefixes_removed=_prefixes_in(state),
+                              head_reset=reset_head)
     state = clean_state_dict(state)
     if family == "vit":
         state, report = _adapt_vit(state, model, report)
@@ -559,6 +571,7 @@ def load_checkpoint(
     path: str | Path,
     filter_fn: Callable[[dict[str, Any], nn.Module], Mapping[str, Any]] | None = None,
     use_ema: bool = True,
+    reset_head: bool = False,
 ) -> AdaptationReport:
     """Load a local checkpoint into ``model`` strictly after timm's adaptations; return what was
     adapted (also logged, one INFO line each).
@@ -566,7 +579,7 @@ def load_checkpoint(
     ``filter_fn(state_dict, model) -> state_dict`` replaces the default adaptation (the file's
     dict is passed as read; the report then lists nothing). Raises ValueError (one line naming
     the file, the first wrong key and both shapes) when the weights do not fit, and (naming the
-    key) when a tensor holds NaN or infinite values.
+    key) when a tensor holds NaN or infinite values. ``reset_head``: see :func:`adapt_checkpoint`.
     """
     path = Path(path)
     raw = read_checkpoint(path)
@@ -574,7 +587,7 @@ def load_checkpoint(
     if filter_fn is not None:
         state, report = dict(filter_fn(raw, model)), AdaptationReport(source=str(path))
     else:
-        state, report, names = adapt_checkpoint(raw, model, str(path), use_ema)
+        state, report, names = adapt_checkpoint(raw, model, str(path), use_ema, reset_head)
     check_state_dict(state, model, str(path), names)
     check_finite_state(state, str(path), names)
     model.load_state_dict(state)

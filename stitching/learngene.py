@@ -41,6 +41,12 @@ in, ``D`` out) maps ``a``'s features back to teacher width. Then
 Every window of the pair gets the same weights. The official code leaves the bias at
 ``nn.Linear``'s random init; we zero it so the init is deterministic. SN-Net's least-squares
 init (:meth:`~stitching.snnet.SNNet.init_stitching_layers`) remains available as the ablation.
+
+A ResNet teacher (any anchor of :mod:`stitching.cnn`, e.g. timm's ``resnet18/34/50``) gets the
+same method with CNN students (:class:`~stitching.learngene_cnn.ResNetStudentSpec`), blocks
+matched at the same resolution (rule ``stages``, :func:`stage_matched_blocks`), 1x1
+convolutions as the matrices and the stitch init per stage: :mod:`stitching.learngene_cnn`.
+The functions here dispatch on the teacher config's ``family``; the ViT path is as above.
 """
 
 from __future__ import annotations
@@ -54,14 +60,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from searchspace.stitch import StitchSpace
-from stitching.snnet import SNNet, anchor_space, build_anchor
-from stitching.vit import VIT_FAMILY, VisionTransformer
+from stitching.cnn import RESNET_FAMILY, ResNetAnchor
+from stitching.learngene_cnn import (
+    ConvTransformationMatrices,
+    ResNetStudentSpec,
+    default_resnet_students,
+    init_conv_stitches_from_matrices,
+    resnet_matrices,
+    resnet_student_config,
+)
+from stitching.snnet import AnchorModel, SNNet, anchor_space, build_anchor
+from stitching.vit import VIT_FAMILY
 from stitchnas.core import records
 
 POOL_SPACE_NAME = "learngene_pool"
-MatchRule = Literal["end", "front_end"]
+MatchRule = Literal["end", "front_end", "stages"]
 Matches = str | tuple[tuple[int, int], ...]
-MATCH_RULES: tuple[str, ...] = ("end", "front_end")
+MATCH_RULES: tuple[str, ...] = ("end", "front_end", "stages")
+#: Teacher kinds (the anchor config's ``family``) Learngene Pool distils.
+TEACHER_FAMILIES: tuple[str, ...] = (RESNET_FAMILY, VIT_FAMILY)
 
 
 # --------------------------------------------------------------------------- students
@@ -86,6 +103,11 @@ class StudentSpec:
                 f"student {self.name!r} 'num_heads': {self.num_heads} does not divide embed_dim {self.embed_dim}"
             )
 
+    @property
+    def width(self) -> int:
+        """``embed_dim``, what orders students narrow -> wide."""
+        return self.embed_dim
+
     @classmethod
     def parse(cls, text: str) -> StudentSpec:
         """``NAME:DIM:HEADS:DEPTH``, e.g. ``tiny:32:2:6``."""
@@ -102,15 +124,43 @@ class StudentSpec:
         return records.from_json(cls, data, where)
 
 
-def _check_teacher(teacher_config: dict[str, Any]) -> None:
-    if not isinstance(teacher_config, dict) or teacher_config.get("family") != VIT_FAMILY:
-        family = teacher_config.get("family") if isinstance(teacher_config, dict) else teacher_config
-        raise ValueError(f"learngene teacher: expected a ViT ('family': {VIT_FAMILY!r}), got family {family!r}")
+#: A student of a ViT teacher or of a ResNet teacher.
+AnyStudentSpec = StudentSpec | ResNetStudentSpec
 
 
-def student_config(teacher_config: dict[str, Any], spec: StudentSpec) -> dict[str, Any]:
-    """The teacher's constructor config with the student's width, heads and depth."""
-    _check_teacher(teacher_config)
+def check_teacher_kind(teacher_config: Any, where: str = "") -> str:
+    """The teacher's family, ``'vit'`` or ``'resnet'`` (:data:`TEACHER_FAMILIES`).
+
+    Raises:
+        ValueError: One line naming ``where`` (the teacher's file) and the unsupported kind.
+    """
+    family = teacher_config.get("family") if isinstance(teacher_config, dict) else type(teacher_config).__name__
+    if family not in TEACHER_FAMILIES:
+        at = f" {where}" if where else ""
+        raise ValueError(f"learngene teacher{at}: kind {family!r} is not supported, expected one of "
+                         f"{list(TEACHER_FAMILIES)} (a ViT or a ResNet anchor)")
+    return str(family)
+
+
+def _is_vit(teacher_config: dict[str, Any]) -> bool:
+    return check_teacher_kind(teacher_config) == VIT_FAMILY
+
+
+def _spec_kind_error(teacher_config: dict[str, Any], spec: Any) -> ValueError:
+    want = "NAME:DIM:HEADS:DEPTH" if _is_vit(teacher_config) else "NAME:WIDTHS:STAGE_DEPTHS"
+    return ValueError(f"student {getattr(spec, 'name', spec)!r}: a {type(spec).__name__} does not fit a "
+                      f"{teacher_config['family']!r} teacher (expected {want})")
+
+
+def student_config(teacher_config: dict[str, Any], spec: AnyStudentSpec) -> dict[str, Any]:
+    """The teacher's constructor config with the student's width, heads and depth (a ResNet
+    teacher: stage widths and depths, :func:`~stitching.learngene_cnn.resnet_student_config`)."""
+    if not _is_vit(teacher_config):
+        if not isinstance(spec, ResNetStudentSpec):
+            raise _spec_kind_error(teacher_config, spec)
+        return resnet_student_config(teacher_config, spec)
+    if not isinstance(spec, StudentSpec):
+        raise _spec_kind_error(teacher_config, spec)
     width, depth = teacher_config["embed_dim"], teacher_config["depth"]
     if spec.embed_dim > width:
         raise ValueError(
@@ -122,18 +172,26 @@ def student_config(teacher_config: dict[str, Any], spec: StudentSpec) -> dict[st
     return {**teacher_config, "embed_dim": spec.embed_dim, "num_heads": spec.num_heads, "depth": spec.depth}
 
 
-def make_student(teacher_config: dict[str, Any], spec: StudentSpec) -> VisionTransformer:
-    """A freshly initialised student (timm's ViT init)."""
-    model = build_anchor(student_config(teacher_config, spec))
-    assert isinstance(model, VisionTransformer)  # internal: student_config keeps the ViT family
-    return model
+def make_student(teacher_config: dict[str, Any], spec: AnyStudentSpec) -> AnchorModel:
+    """A freshly initialised student (timm's ViT init; a ResNet's Kaiming init)."""
+    return build_anchor(student_config(teacher_config, spec))
 
 
-def default_students(teacher_config: dict[str, Any], depth: int | None = None) -> tuple[StudentSpec, ...]:
+def default_students(
+    teacher_config: dict[str, Any], depth: int | None = None, stage_depths: Sequence[int] | None = None
+) -> tuple[AnyStudentSpec, ...]:
     """The official pair for a teacher: ``tiny`` at half the teacher's width (DeiT-B 768 ->
     384 would be 'small'; the digits family's tiny is half its base) and ``base`` at the
-    teacher's width, both with half its depth unless ``depth`` is given."""
-    _check_teacher(teacher_config)
+    teacher's width, both with half its depth unless ``depth`` is given.
+
+    A ResNet teacher: ``tiny`` at half the width of every stage, ``base`` at the teacher's,
+    with ``stage_depths`` or about half the blocks of every stage (at least 2 where the
+    teacher has them; :func:`~stitching.learngene_cnn.default_resnet_students`).
+    """
+    if not _is_vit(teacher_config):
+        if depth is not None:
+            raise ValueError(f"default students 'depth': a ResNet teacher takes 'stage_depths', got depth={depth}")
+        return default_resnet_students(teacher_config, stage_depths)
     width, heads = teacher_config["embed_dim"], teacher_config["num_heads"]
     depth = depth if depth is not None else max(1, teacher_config["depth"] // 2)
     tiny_heads = max(1, heads // 2)
@@ -141,9 +199,18 @@ def default_students(teacher_config: dict[str, Any], depth: int | None = None) -
     return (StudentSpec("tiny", tiny_dim, tiny_heads, depth), StudentSpec("base", width, heads, depth))
 
 
+def parse_student(text: str, teacher_config: dict[str, Any]) -> AnyStudentSpec:
+    """A student for this teacher: ``NAME:DIM:HEADS:DEPTH`` (ViT, e.g. ``tiny:32:2:6``) or
+    ``NAME:WIDTHS:STAGE_DEPTHS`` (ResNet, e.g. ``tiny:32,64,128,256:2,2,2,2``)."""
+    if _is_vit(teacher_config):
+        return StudentSpec.parse(text)
+    return ResNetStudentSpec.parse(text)
+
+
 # --------------------------------------------------------------------------- matched blocks
 def parse_matches(text: str) -> Matches:
-    """``end``, ``front_end`` or explicit ``TEACHER:STUDENT`` block pairs, e.g. ``3:1,7:3,11:5``."""
+    """``end``, ``front_end``, ``stages`` or explicit ``TEACHER:STUDENT`` block pairs, e.g.
+    ``3:1,7:3,11:5``."""
     if text in MATCH_RULES:
         return text
     pairs = []
@@ -161,13 +228,14 @@ def parse_matches(text: str) -> Matches:
 def matched_blocks(matches: Matches, teacher_depth: int, student_depth: int) -> tuple[tuple[int, int], ...]:
     """(teacher block, student block) pairs whose outputs the MSE term compares.
 
-    ``end``: the last blocks. ``front_end``: three evenly spaced points, block
+    ``end``: the last blocks (``stages``, the last block of every stage, is the same for a
+    ViT's one stage). ``front_end``: three evenly spaced points, block
     ``(i + 1) * depth // 3 - 1`` of each network for i = 0, 1, 2 (teacher 3/7/11 <-> student
     2/5/8 for 12 and 9 blocks, student 1/3/5 for 6 blocks, as the official code). Explicit
     pairs are checked against both depths.
     """
     if isinstance(matches, str):
-        if matches == "end":
+        if matches in ("end", "stages"):
             return ((teacher_depth - 1, student_depth - 1),)
         if matches == "front_end":
             if min(teacher_depth, student_depth) < 3:
@@ -190,6 +258,52 @@ def matched_blocks(matches: Matches, teacher_depth: int, student_depth: int) -> 
                 f"student blocks 0..{student_depth - 1})"
             )
     return pairs  # type: ignore[return-value]
+
+
+def stage_matched_blocks(
+    matches: Matches, teacher_stages: Sequence[int], student_stages: Sequence[int]
+) -> tuple[tuple[int, int], ...]:
+    """Matched (teacher block, student block) pairs of a ResNet teacher and student: blocks at
+    the same resolution, i.e. in the same stage (:mod:`stitching.learngene_cnn`).
+
+    ``stages``: the last block of every stage. ``end``: the last blocks. Explicit pairs must lie
+    in the same stage. ``front_end`` (evenly spaced ViT blocks) is refused: its blocks need not
+    share a resolution.
+
+    Raises:
+        ValueError: Another stage count, ``front_end``, or a pair outside the networks or across stages.
+    """
+    if len(teacher_stages) != len(student_stages):
+        raise ValueError(f"matches: the teacher has {len(teacher_stages)} stages, the student "
+                         f"{len(student_stages)} (expected the same)")
+    t_ends = [sum(teacher_stages[:i + 1]) - 1 for i in range(len(teacher_stages))]
+    s_ends = [sum(student_stages[:i + 1]) - 1 for i in range(len(student_stages))]
+    if matches == "stages":
+        return tuple(zip(t_ends, s_ends))
+    if matches == "front_end":
+        raise ValueError("matches 'front_end': evenly spaced ViT blocks, which need not share a resolution in a "
+                         "ResNet; expected 'stages' (the last block of every stage), 'end' or TEACHER:STUDENT "
+                         "pairs in one stage")
+    pairs = matched_blocks(matches, t_ends[-1] + 1, s_ends[-1] + 1)
+    t_stage = [s for s, n in enumerate(teacher_stages) for _ in range(n)]
+    s_stage = [s for s, n in enumerate(student_stages) for _ in range(n)]
+    for t, s in pairs:
+        if t_stage[t] != s_stage[s]:
+            raise ValueError(f"matches pair {t}:{s}: teacher block {t} is in stage {t_stage[t]}, student block {s} "
+                             f"in stage {s_stage[s]} (matched blocks must share a resolution: the same stage)")
+    return pairs
+
+
+def student_matches(
+    matches: Matches, teacher_config: dict[str, Any], spec: AnyStudentSpec
+) -> tuple[tuple[int, int], ...]:
+    """The matched blocks of one student: :func:`matched_blocks` for a ViT teacher,
+    :func:`stage_matched_blocks` for a ResNet teacher."""
+    if _is_vit(teacher_config):
+        return matched_blocks(matches, teacher_config["depth"], spec.depth)
+    if not isinstance(spec, ResNetStudentSpec):
+        raise _spec_kind_error(teacher_config, spec)
+    return stage_matched_blocks(matches, teacher_config["stage_depths"], spec.stage_depths)
 
 
 # --------------------------------------------------------------------------- loss
@@ -217,6 +331,10 @@ class TransformationMatrices(nn.Module):
     def mean_weight(self) -> torch.Tensor:
         """The average matrix, shape (student_dim, teacher_dim)."""
         return torch.stack([cast(nn.Linear, m).weight for m in self.maps]).mean(0)  # maps holds nn.Linear only
+
+
+#: A student's matrices: linear maps on ViT tokens, or 1x1 convolutions on ResNet feature maps.
+AnyMatrices = TransformationMatrices | ConvTransformationMatrices
 
 
 def soft_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -257,10 +375,16 @@ def learngene_loss(
 
 class LearngeneDistiller(nn.Module):
     """The auxiliary students and their transformation matrices (the teacher stays outside:
-    frozen, and not part of this state dict)."""
+    frozen, and not part of this state dict).
+
+    A ViT teacher: :class:`StudentSpec` students, :class:`TransformationMatrices` on tokens
+    ``(N, T, D)``. A ResNet teacher: :class:`~stitching.learngene_cnn.ResNetStudentSpec`
+    students, :class:`~stitching.learngene_cnn.ConvTransformationMatrices` on feature maps
+    ``(N, C, H, W)`` (use ``matches="stages"`` or ``"end"``; ``"front_end"`` is a ViT rule).
+    """
 
     def __init__(
-        self, teacher_config: dict[str, Any], students: Sequence[StudentSpec], matches: Matches = "front_end",
+        self, teacher_config: dict[str, Any], students: Sequence[AnyStudentSpec], matches: Matches = "front_end",
         alpha: float = 0.1, temperature: float = 1.0,
     ) -> None:
         super().__init__()
@@ -273,23 +397,35 @@ class LearngeneDistiller(nn.Module):
             raise ValueError(f"learngene 'alpha': expected 0..1, got {alpha}")
         if not temperature > 0:
             raise ValueError(f"learngene 'temperature': expected > 0, got {temperature}")
-        _check_teacher(teacher_config)
-        self.teacher_dim, self.teacher_depth = teacher_config["embed_dim"], teacher_config["depth"]
+        self.teacher_config = dict(teacher_config)
+        if _is_vit(teacher_config):
+            self.teacher_dim, self.teacher_depth = teacher_config["embed_dim"], teacher_config["depth"]
+        else:  # the last stage's output channels, the blocks in all
+            t_depths = teacher_config["stage_depths"]
+            self.teacher_dim = teacher_config["widths"][-1] * (4 if teacher_config.get("block") == "bottleneck" else 1)
+            self.teacher_depth = sum(t_depths)
         self.specs = tuple(students)
         self.alpha, self.temperature = alpha, temperature
         self.students = nn.ModuleList(make_student(teacher_config, s) for s in students)
-        self.matches = tuple(matched_blocks(matches, self.teacher_depth, s.depth) for s in students)
-        self.matrices = nn.ModuleList(
-            TransformationMatrices(self.teacher_dim, s.embed_dim, len(m)) for s, m in zip(students, self.matches)
-        )
+        self.matches = tuple(student_matches(matches, teacher_config, s) for s in students)
+        if _is_vit(teacher_config):
+            self.matrices = nn.ModuleList(
+                TransformationMatrices(self.teacher_dim, cast(StudentSpec, s).embed_dim, len(m))
+                for s, m in zip(students, self.matches)  # student_config checked every spec is a StudentSpec
+            )
+        else:
+            self.matrices = nn.ModuleList(
+                resnet_matrices(teacher_config, cast(ResNetAnchor, student), m)
+                for student, m in zip(self.students, self.matches)  # make_student built ResNets
+            )
 
-    def student(self, index: int) -> VisionTransformer:
+    def student(self, index: int) -> AnchorModel:
         """Student ``index`` (``students[index]``), typed."""
-        return cast(VisionTransformer, self.students[index])  # __init__ fills students with make_student's ViTs
+        return cast(AnchorModel, self.students[index])  # __init__ fills students with make_student's models
 
-    def student_matrices(self, index: int) -> TransformationMatrices:
+    def student_matrices(self, index: int) -> AnyMatrices:
         """Student ``index``'s transformation matrices (``matrices[index]``), typed."""
-        return cast(TransformationMatrices, self.matrices[index])  # as __init__ builds them
+        return cast(AnyMatrices, self.matrices[index])  # as __init__ builds them
 
     def index(self, name: str) -> int:
         for i, spec in enumerate(self.specs):
@@ -314,26 +450,40 @@ class LearngeneDistiller(nn.Module):
 
 
 # --------------------------------------------------------------------------- pool
-def descendant_count(depths: Sequence[int], kernel_size: int = 2, stride: int = 1) -> int:
+def descendant_count(
+    depths: Sequence[int], kernel_size: int = 2, stride: int = 1,
+    stage_depths: Sequence[Sequence[int]] | None = None,
+) -> int:
     """Descendants of a pool of students with these depths (ordered narrow -> wide).
 
     Two students of equal depth ``d`` with SN-Net's window (2, stride 1): ``2`` students plus
     ``3d - 2`` stitch positions (4 in the first window, 3 in each of the next ``d - 2``), so
     ``3d``: 18 for 6-block and 27 for 9-block students, as the official code's id lists.
+    ResNet students give their ``stage_depths`` too (stitched inside a stage only): two
+    ``[2, 2, 2, 2]`` students have 12.
     """
     if not depths:
         raise ValueError("learngene pool: expected at least one learngene instance (student), got none")
-    return len(StitchSpace(tuple(depths), nearest=True, kernel_size=kernel_size, stride=stride))
+    stages = tuple(tuple(s) for s in stage_depths) if stage_depths is not None else None
+    return len(StitchSpace(tuple(depths), stage_depths=stages, nearest=True, kernel_size=kernel_size, stride=stride))
+
+
+def _model_width(model: AnchorModel) -> int:
+    """A student's width: a ViT's ``embed_dim``, a ResNet's last stage width."""
+    config = model.config
+    return int(config["embed_dim"]) if config["family"] == VIT_FAMILY else int(config["widths"][-1])
 
 
 def build_pool(
-    students: Sequence[VisionTransformer], names: Sequence[str] | None = None, kernel_size: int = 2, stride: int = 1
+    students: Sequence[AnchorModel], names: Sequence[str] | None = None, kernel_size: int = 2, stride: int = 1
 ) -> SNNet:
     """The descendants of ``students`` (ordered narrow -> wide): each student alone plus the
-    SN-Net paired stitches between neighbours (for two students: narrow -> wide only)."""
+    SN-Net paired stitches between neighbours (for two students: narrow -> wide only).
+    ResNet students are stitched inside a stage (:mod:`searchspace.stitch`), by 1x1
+    convolutions, one per window and width pair (:class:`~stitching.snnet.SNNet`)."""
     if not students:
         raise ValueError("learngene pool: expected at least one learngene instance (student), got none")
-    widths = [int(s.config["embed_dim"]) for s in students]
+    widths = [_model_width(s) for s in students]
     if widths != sorted(widths):
         raise ValueError(f"learngene pool: students must be ordered narrow -> wide, got widths {widths}")
     space = anchor_space(students, names, nearest=True, kernel_size=kernel_size, stride=stride, name=POOL_SPACE_NAME)
@@ -353,21 +503,40 @@ def matrix_stitch_weight(front: TransformationMatrices, end: TransformationMatri
 
 
 @torch.no_grad()
-def init_stitches_from_matrices(pool: SNNet, matrices: Sequence[TransformationMatrices]) -> None:
+def init_stitches_from_matrices(pool: SNNet, matrices: Sequence[AnyMatrices]) -> list[str]:
     """Set every stitching layer of ``pool`` from the pool students' matrices (same order as
-    the pool's anchors); biases are zeroed."""
+    the pool's anchors); biases are zeroed.
+
+    Returns:
+        The keys of the layers the matrices leave undefined, for SN-Net's least-squares init
+        (:meth:`~stitching.snnet.SNNet.init_stitching_layers` with ``only``): always none for
+        ViT students; for ResNet students see :mod:`stitching.learngene_cnn`.
+
+    Raises:
+        ValueError: Not one matrix set per student, or ViT and ResNet matrices mixed.
+    """
     if len(matrices) != pool.space.num_anchors:
         raise ValueError(
             f"init from matrices: the pool has {pool.space.num_anchors} students, got {len(matrices)} matrix sets"
         )
+    if all(isinstance(m, ConvTransformationMatrices) for m in matrices):
+        return init_conv_stitches_from_matrices(pool, cast(Sequence[ConvTransformationMatrices], matrices))
+    if not all(isinstance(m, TransformationMatrices) for m in matrices):
+        raise ValueError(f"init from matrices: expected the matrices of one kind, got "
+                         f"{[type(m).__name__ for m in matrices]}")
     for spec in pool.space.stitching_layers():
         layer = pool.stitching_layer(spec.in_anchor, spec.out_anchor, spec.window)
-        weight = matrix_stitch_weight(matrices[spec.in_anchor], matrices[spec.out_anchor])
+        weight = matrix_stitch_weight(cast(TransformationMatrices, matrices[spec.in_anchor]),
+                                      cast(TransformationMatrices, matrices[spec.out_anchor]))
         layer.set_weight_bias(weight, torch.zeros(weight.shape[0]))
+    return []
 
 
 __all__ = [
-    "LearngeneDistiller", "LearngeneLoss", "MATCH_RULES", "POOL_SPACE_NAME", "StudentSpec", "TransformationMatrices",
-    "build_pool", "default_students", "descendant_count", "init_stitches_from_matrices", "learngene_loss",
-    "make_student", "matched_blocks", "matrix_stitch_weight", "parse_matches", "soft_cross_entropy", "student_config",
+    "AnyMatrices", "AnyStudentSpec", "ConvTransformationMatrices", "LearngeneDistiller", "LearngeneLoss",
+    "MATCH_RULES", "POOL_SPACE_NAME", "ResNetStudentSpec", "StudentSpec", "TEACHER_FAMILIES",
+    "TransformationMatrices", "build_pool", "check_teacher_kind", "default_students", "descendant_count",
+    "init_stitches_from_matrices", "learngene_loss", "make_student", "matched_blocks", "matrix_stitch_weight",
+    "parse_matches", "parse_student", "soft_cross_entropy", "stage_matched_blocks", "student_config",
+    "student_matches",
 ]

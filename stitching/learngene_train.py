@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stitching.learngene import LearngeneDistiller, Matches, StudentSpec, matched_blocks, student_config
+from stitching.learngene import AnyStudentSpec, LearngeneDistiller, Matches, student_config, student_matches
 from stitching.snnet import AnchorModel, SNNet, StitchAnchor
 from stitching.trainer import StitchTrainConfig, build_optimizer, learning_rate, train_network
 from stitchnas.core import records
@@ -37,9 +37,10 @@ from stitchnas.core.training import (
     AUGMENT_STREAM,
     Epoch,
     FitOptions,
-    TensorBatches,
+    ImageSplit,
     TrainHistory,
     autocast,
+    batches_for,
     fit,
     resolve_device,
 )
@@ -66,9 +67,13 @@ class DistillConfig:
     ``train_matrices=False`` keeps the transformation matrices at their init (orthogonal, or
     identity for a student as wide as the teacher), which is what the official code ends
     up doing (its optimizer never sees them).
+
+    A ResNet teacher takes :class:`~stitching.learngene_cnn.ResNetStudentSpec` students and
+    ``matches="stages"`` (the last block of every stage) or ``"end"``; the default
+    ``"front_end"`` is the ViT rule and is refused for it (:func:`~stitching.learngene.stage_matched_blocks`).
     """
 
-    students: tuple[StudentSpec, ...]
+    students: tuple[AnyStudentSpec, ...]
     matches: Matches = "front_end"
     alpha: float = 0.1
     temperature: float = 1.0
@@ -95,7 +100,7 @@ class DistillConfig:
         (without building any model)."""
         for spec in self.students:
             student_config(teacher_config, spec)
-            matched_blocks(self.matches, teacher_config["depth"], spec.depth)
+            student_matches(self.matches, teacher_config, spec)
 
     def to_json(self) -> dict[str, Any]:
         return records.to_json(self)
@@ -129,7 +134,7 @@ def teacher_outputs(teacher: StitchAnchor, x: torch.Tensor) -> tuple[list[torch.
 def distill_students(
     distiller: LearngeneDistiller,
     teacher: AnchorModel,
-    train_data: torch.utils.data.TensorDataset,
+    train_data: ImageSplit,
     cfg: DistillConfig,
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
@@ -155,13 +160,13 @@ def distill_students(
     distiller.to(device)
     teacher.to(device).eval()
     teacher.requires_grad_(False)
-    wanted = tuple(matched_blocks(cfg.matches, distiller.teacher_depth, s.depth) for s in cfg.students)
+    wanted = tuple(student_matches(cfg.matches, distiller.teacher_config, s) for s in cfg.students)
     if distiller.specs != cfg.students or distiller.matches != wanted or \
             (distiller.alpha, distiller.temperature) != (cfg.alpha, cfg.temperature):
         raise ValueError("distill_students: the distiller was not built from this config (use build_distiller)")
     distiller.matrices.requires_grad_(cfg.train_matrices)
     optimizer = build_optimizer(distill_param_groups(distiller, tc.weight_decay, cfg.train_matrices), tc)
-    batches = TensorBatches(train_data, device)
+    batches = batches_for(train_data, device)
     steps_per_epoch = batches.num_batches(tc.batch_size, drop_last=True)
     total_steps = tc.epochs * steps_per_epoch
     checkpoint = EpochCheckpoint(Path(checkpoint_path) if checkpoint_path is not None else None,
@@ -204,7 +209,7 @@ def distill_students(
 def finetune_pool(
     pool: SNNet,
     teacher: nn.Module | None,
-    train_data: torch.utils.data.TensorDataset,
+    train_data: ImageSplit,
     cfg: StitchTrainConfig = DEFAULT_FINETUNE,
     checkpoint_path: str | Path | None = None,
     resume: bool = False,

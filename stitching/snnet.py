@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Protocol, cast
 
 import torch
@@ -196,6 +196,9 @@ class SNNet(nn.Module):
                     if layer_key != key:
                         self._split_windows.setdefault(key, [first]).append(dims)
         self._active = space.config(0)
+        #: per anchor: its head was freshly initialised on load (another class count, or
+        #: ``reset_head``); such a head trains at the stitching layers' rate (:meth:`param_groups`)
+        self.new_heads: tuple[bool, ...] = (False,) * len(anchors)
 
     @classmethod
     def from_anchors(
@@ -263,14 +266,20 @@ class SNNet(nn.Module):
 
     # ----------------------------------------------------------------- least-squares init
     @torch.no_grad()
-    def init_stitching_layers(self, x: torch.Tensor) -> None:
+    def init_stitching_layers(self, x: torch.Tensor, only: Collection[str] | None = None) -> None:
         """Least-squares init of every stitching layer from one batch (SN-Net's
         ``initialize_stitching_weights``), averaged over the positions sharing a layer.
 
         Anchors run in eval mode here (no drop path, BatchNorm running statistics), so the
-        fit matches what the stitched path sees at inference.
+        fit matches what the stitched path sees at inference. ``only`` limits the fit to
+        those keys of ``stitch_layers`` (the rest stay as they are).
         """
-        specs = list(self._specs.values())
+        if only is not None:
+            unknown = sorted(set(only) - set(self.stitch_layers.keys()))
+            if unknown:
+                raise ValueError(f"init_stitching_layers 'only': unknown stitching layers {unknown}")
+        specs = [s for s in self._specs.values()
+                 if only is None or any(self._position_keys[(s.key, j, k)] in only for j, k in s.positions)]
         used = sorted({s.in_anchor for s in specs} | {s.out_anchor for s in specs})
         modes = [a.training for a in self.anchors]
         try:
@@ -284,7 +293,8 @@ class SNNet(nn.Module):
         for spec in specs:
             for j, k in spec.positions:
                 layer_key = self._position_keys[(spec.key, j, k)]
-                targets.setdefault((spec.in_anchor, j), []).append((layer_key, spec.out_anchor, k))
+                if only is None or layer_key in only:
+                    targets.setdefault((spec.in_anchor, j), []).append((layer_key, spec.out_anchor, k))
         sums: dict[str, list[torch.Tensor]] = {}
         counts: dict[str, int] = {}
         for (a, j), wanted in targets.items():
@@ -309,12 +319,36 @@ class SNNet(nn.Module):
     def stitch_parameters(self) -> list[nn.Parameter]:
         return list(self.stitch_layers.parameters())
 
+    def new_head_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the freshly initialised heads (anchors flagged in :attr:`new_heads`)."""
+        if len(self.new_heads) != len(self.anchors):
+            raise ValueError(f"snnet 'new_heads': expected one flag per anchor ({len(self.anchors)}), "
+                             f"got {list(self.new_heads)}")
+        params: list[nn.Parameter] = []
+        for anchor, new in zip(self.anchors, self.new_heads):
+            if new:
+                head = anchor.head if hasattr(anchor, "head") else getattr(anchor, "fc", None)  # ViT / ResNet
+                if not isinstance(head, nn.Module):
+                    raise ValueError(f"snnet 'new_heads': anchor {type(anchor).__name__} has no 'head' or 'fc'")
+                params += list(head.parameters())
+        return params
+
     def param_groups(self, anchor_lr: float, stitch_lr: float) -> list[dict[str, Any]]:
-        """Optimizer groups: anchors at ``anchor_lr`` (SN-Net: lower), stitching layers at ``stitch_lr``."""
-        return [
-            {"params": self.anchor_parameters(), "lr": anchor_lr, "name": "anchors"},
+        """Optimizer groups: anchors at ``anchor_lr`` (SN-Net: lower), stitching layers at ``stitch_lr``.
+
+        Freshly initialised heads (:attr:`new_heads`) are new layers, not pretrained weights: they
+        leave the anchors' group for a third group ``"new_heads"`` at ``stitch_lr`` (only when
+        there is one, so runs without a new head keep the two groups).
+        """
+        fresh = self.new_head_parameters()
+        skip = {id(p) for p in fresh}
+        groups = [
+            {"params": [p for p in self.anchor_parameters() if id(p) not in skip], "lr": anchor_lr, "name": "anchors"},
             {"params": self.stitch_parameters(), "lr": stitch_lr, "name": "stitch_layers"},
         ]
+        if fresh:
+            groups.append({"params": fresh, "lr": stitch_lr, "name": "new_heads"})
+        return groups
 
     def num_params(self, config: StitchConfig | int | None = None) -> int:
         """Parameters on a configuration's path (default: the active one), as exported: a

@@ -41,9 +41,10 @@ from stitchnas.core.training import (
     Augment,
     Epoch,
     FitOptions,
-    TensorBatches,
+    ImageSplit,
     TrainHistory,
     autocast,
+    batches_for,
     check_augment,
     cosine_lr,
     epoch_rng,
@@ -221,7 +222,7 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
 
 def param_groups(model: nn.Module, cfg: StitchTrainConfig) -> list[dict[str, Any]]:
     """Optimizer groups: an SN-Net's anchors (``lr_scale = anchor_lr_scale``) apart from its
-    stitching layers (``lr_scale = 1``); any other model is one group."""
+    stitching layers and freshly initialised heads (``lr_scale = 1``); any other model is one group."""
     make_groups: Any = getattr(model, "param_groups", None)  # duck-typed: SNNet.param_groups
     if make_groups is not None and hasattr(model, "stitch_layers"):
         groups = make_groups(anchor_lr=cfg.lr * cfg.anchor_lr_scale, stitch_lr=cfg.lr)
@@ -239,7 +240,7 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: StitchTrainConfig) -> tor
 
 def train_network(
     model: nn.Module,
-    train_data: torch.utils.data.TensorDataset,
+    train_data: ImageSplit,
     cfg: StitchTrainConfig,
     choose: Callable[[random.Random], Any] | None = None,
     sampler: ConfigSampler | None = None,
@@ -288,7 +289,7 @@ def train_network(
         teacher.to(device).eval()
         teacher.requires_grad_(False)
     optimizer = build_optimizer(param_groups(model, cfg), cfg)
-    batches = TensorBatches(train_data, device)
+    batches = batches_for(train_data, device)
     steps_per_epoch = batches.num_batches(cfg.batch_size, drop_last=True)
     total_steps = cfg.epochs * steps_per_epoch
     checkpoint = EpochCheckpoint(Path(checkpoint_path) if checkpoint_path is not None else None,

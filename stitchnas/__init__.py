@@ -2,7 +2,9 @@
 
 The public Python API (see README, "Python API"): build a config, call :func:`run_search`, read
 the :class:`SearchResult`; :func:`load_model` rebuilds any exported model as a plain
-``torch.nn.Module``.
+``torch.nn.Module``. Importing the package changes no process-wide setting: call
+:func:`set_threads` first (before anything imports torch) for the thread policy the
+``stitchnas`` command applies (see README, "Threads").
 
 Names are imported on first use (PEP 562): ``import stitchnas.core.io`` from the lower floors
 (``supernet/``, ``stitching/``) must not pull in the methods built on top of them.
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from stitchnas.api import evaluate_run, export_from_run, run_search
     from stitchnas.backends.tune import TuneOptions
     from stitchnas.core.records import ResultRow
+    from stitchnas.core.threads import configure as set_threads
     from stitchnas.data import DataSpec
     from stitchnas.methods.anchors import AnchorTrainConfig, train_anchors
     from stitchnas.methods.learngene import LearngeneDistillRunConfig, LearngenePoolConfig
@@ -58,6 +61,7 @@ _EXPORTS: dict[str, str] = {
     "read_anchor_folder": "stitching.anchors",
     "read_model_record": "stitchnas.search.export",
     "run_search": "stitchnas.api",
+    "set_threads": "stitchnas.core.threads:configure",
     "train_anchors": "stitchnas.methods.anchors",
     "train_standalone": "stitchnas.methods.pooling",
 }
@@ -101,6 +105,7 @@ __all__ = [
     "read_anchor_folder",
     "read_model_record",
     "run_search",
+    "set_threads",
     "train_anchors",
     "train_standalone",
 ]

@@ -12,6 +12,7 @@ Only one supernet runs per step, so a BMS step costs one supernet step; memory i
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -30,11 +31,13 @@ from stitchnas.core.evaluation import batch_statistics
 from stitchnas.core.records import check_finite
 from stitchnas.core.training import (
     AUGMENT_STREAM,
+    Batches,
     Epoch,
     FitOptions,
-    TensorBatches,
+    ImageSplit,
     TrainHistory,
     autocast,
+    batches_for,
     epoch_generator,
     fit,
     resolve_device,
@@ -279,19 +282,20 @@ def validation_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp:
 
 
 def _cycle(
-    batches: TensorBatches, batch_size: int, seed: int, epoch: int
+    batches: Batches, batch_size: int, seed: int, epoch: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
         yield from batches.iterate(batch_size, epoch_generator(seed, epoch, stream=2), drop_last=True)
         epoch += 10_000  # a fresh order each pass, still a pure function of the seed
 
 
-def gradient_similarity(supernet: PoolingSuperNet, space: PoolingSpace, batches: TensorBatches,
+def gradient_similarity(supernet: PoolingSuperNet, space: PoolingSpace, batches: Batches,
                         batch_size: int, num_batches: int, seed: int) -> np.ndarray:
     """GM-NAS's criterion: cosine similarity of each configuration's loss gradient on the
     shared weights, averaged over ``num_batches`` minibatches (the same batches for all)."""
     params = [p for p in supernet.parameters() if p.requires_grad]
-    data = list(batches.iterate(batch_size, epoch_generator(seed, 0, stream=3), drop_last=True))[:num_batches]
+    data = list(itertools.islice(batches.iterate(batch_size, epoch_generator(seed, 0, stream=3), drop_last=True),
+                                 num_batches))
     grads = []
     supernet.train()
     for config in space:
@@ -310,8 +314,8 @@ def gradient_similarity(supernet: PoolingSuperNet, space: PoolingSpace, batches:
 
 def train_mixture(
     mixture: MixtureOfSuperNets,
-    train_data: torch.utils.data.TensorDataset,
-    val_data: torch.utils.data.TensorDataset,
+    train_data: ImageSplit,
+    val_data: ImageSplit,
     cfg: TrainConfig,
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
@@ -332,7 +336,7 @@ def train_mixture(
     mixture.to(device)
     mcfg = mixture.cfg
     optimizers = [build_optimizer(s.parameters(), cfg) for s in mixture.supernets]
-    train_batches, val_batches = TensorBatches(train_data, device), TensorBatches(val_data, device)
+    train_batches, val_batches = batches_for(train_data, device), batches_for(val_data, device)
     steps_per_epoch = train_batches.num_batches(cfg.batch_size, drop_last=True)
     total_steps = cfg.epochs * steps_per_epoch
     gm_epoch = (max(1, round(cfg.epochs * mcfg.gm_warmup_fraction))
@@ -387,7 +391,7 @@ def _postfix(record: dict[str, Any]) -> dict[str, str]:
     return {"loss": f"{record['loss']:.3f}", "T": f"{record['temperature']:.0f}"}
 
 
-def _split_by_gradients(mixture: MixtureOfSuperNets, batches: TensorBatches, cfg: TrainConfig) -> None:
+def _split_by_gradients(mixture: MixtureOfSuperNets, batches: Batches, cfg: TrainConfig) -> None:
     """GM-style split: groups from gradient similarity; every supernet starts from the warm-up
     weights (Few-Shot NAS initialises sub-supernets from the one-shot supernet)."""
     shared = mixture.supernet(0)

@@ -7,10 +7,14 @@ no single configuration. Two remedies:
   training batches (Once-for-All, BigNAS), then evaluate in eval mode;
 * ``"batch"``: evaluate with each batch's own statistics, as the BMS code does
   (``track_running_stats=False``).
+
+:func:`supernet.shared_prefix.score_placements` scores many placements with the same results,
+computing each prefix they share once per batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,7 +25,7 @@ from searchspace.pooling import PoolingConfig
 from stitchnas.core import records
 from stitchnas.core.evaluation import _batchnorms, accuracy
 from stitchnas.core.records import check_finite
-from stitchnas.core.training import TensorBatches, epoch_generator, resolve_device
+from stitchnas.core.training import ImageSplit, batches_for, epoch_generator, resolve_device
 from supernet.bms import MixtureOfSuperNets
 from supernet.networks import PoolingSuperNet
 
@@ -53,8 +57,21 @@ class EvalConfig:
         return records.from_json(cls, data, where)
 
 
+def calibration_batches(data: ImageSplit, num_batches: int, batch_size: int, seed: int,
+                        device: torch.device) -> Iterator[torch.Tensor]:
+    """The images of BatchNorm re-calibration: the first ``num_batches`` full batches of
+    ``batch_size`` of ``data`` in the order seeded by ``seed`` (fewer when ``data`` has fewer),
+    each ``(batch_size, C, H, W)`` on ``device``; the same batches for every configuration."""
+    batches = batches_for(data, device)
+    gen = epoch_generator(seed, 0, stream=1)
+    for i, (x, _) in enumerate(batches.iterate(batch_size, gen, drop_last=True)):
+        if i >= num_batches:
+            break
+        yield x
+
+
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, data: torch.utils.data.TensorDataset, num_batches: int,
+def recalibrate_batchnorm(model: nn.Module, data: ImageSplit, num_batches: int,
                           batch_size: int, seed: int = 0, device: torch.device | None = None) -> None:
     """Replace running statistics by their exact average over ``num_batches`` random batches."""
     device = device or next(model.parameters()).device
@@ -64,11 +81,7 @@ def recalibrate_batchnorm(model: nn.Module, data: torch.utils.data.TensorDataset
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average instead of an exponential one
     model.train()
-    batches = TensorBatches(data, device)
-    gen = epoch_generator(seed, 0, stream=1)
-    for i, (x, _) in enumerate(batches.iterate(batch_size, gen, drop_last=True)):
-        if i >= num_batches:
-            break
+    for x in calibration_batches(data, num_batches, batch_size, seed, device):
         model(x)
     for bn, momentum in zip(bns, momenta):
         bn.momentum = momentum
@@ -76,7 +89,7 @@ def recalibrate_batchnorm(model: nn.Module, data: torch.utils.data.TensorDataset
 
 
 def prepare_path(supernet: PoolingSuperNet | MixtureOfSuperNets, config: PoolingConfig,
-                 calib_data: torch.utils.data.TensorDataset, cfg: EvalConfig) -> nn.Module:
+                 calib_data: ImageSplit, cfg: EvalConfig) -> nn.Module:
     """The standalone network of ``config`` with supernet weights and BatchNorm handled per ``cfg``.
 
     With ``"recalibrate"`` the returned model carries statistics fitted to this configuration,
@@ -91,7 +104,7 @@ def prepare_path(supernet: PoolingSuperNet | MixtureOfSuperNets, config: Pooling
 
 @torch.no_grad()
 def evaluate_path(supernet: PoolingSuperNet | MixtureOfSuperNets, config: PoolingConfig,
-                  calib_data: torch.utils.data.TensorDataset, val_data: torch.utils.data.TensorDataset,
+                  calib_data: ImageSplit, val_data: ImageSplit,
                   cfg: EvalConfig) -> float:
     """Validation accuracy (percent) of one configuration under supernet weights."""
     device = resolve_device(cfg.device)

@@ -26,10 +26,19 @@ def pooling_flops(
     space: PoolingSpace, config: PoolingConfig, input_size: int, in_chans: int, num_classes: int
 ) -> int:
     """Analytic fvcore-convention FLOPs of :func:`supernet.networks.build_model` at batch 1."""
+    return sum(pooling_step_flops(space, config, input_size, in_chans, num_classes))
+
+
+def pooling_step_flops(
+    space: PoolingSpace, config: PoolingConfig, input_size: int, in_chans: int, num_classes: int
+) -> list[int]:
+    """:func:`pooling_flops` split by step: the stem, every layer ``1..num_layers - 1`` (its
+    downsampling and block), then the head (average pooling and classifier); ``num_layers + 1``
+    counts at batch 1. A layer's count depends only on the placement up to it."""
     space.check_input_size(input_size)
     widths = space.widths
     h = input_size
-    total = _conv(in_chans, widths[0], 3, h, h) + _bn(widths[0], h, h)
+    steps = [_conv(in_chans, widths[0], 3, h, h) + _bn(widths[0], h, h)]
     conv_mode = space.downsample == "conv"
     for i in range(1, space.num_layers):
         c_in, c_out = widths[i - 1], widths[i]
@@ -39,6 +48,7 @@ def pooling_flops(
                 h = (h + 1) // 2
             else:  # 2x2 pooling before the block rounds down
                 h = h_in = h // 2
+        total = 0
         if space.block == "bottleneck":
             mid = max(1, c_out // Bottleneck.expansion)
             total += _conv(c_in, mid, 1, h_in, h_in) + _bn(mid, h_in, h_in)
@@ -49,9 +59,10 @@ def pooling_flops(
             total += _conv(c_out, c_out, 3, h, h) + _bn(c_out, h, h)
         if c_in != c_out:
             total += _conv(c_in, c_out, 1, h, h) + _bn(c_out, h, h)
-    total += widths[-1] * h * h  # adaptive average pooling
-    total += widths[-1] * num_classes  # classifier (fvcore does not count the bias)
-    return total
+        steps.append(total)
+    # adaptive average pooling, then the classifier (fvcore does not count the bias)
+    steps.append(widths[-1] * h * h + widths[-1] * num_classes)
+    return steps
 
 
 def pooling_params(space: PoolingSpace, in_chans: int, num_classes: int) -> int:

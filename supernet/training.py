@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 # The SGD recipe lives in the ground floor (Ray Train's workers use it too); re-exported here.
@@ -25,9 +24,10 @@ from stitchnas.core.training import (
     TRAIN_CHECKPOINT_VERSION,
     Epoch,
     FitOptions,
-    TensorBatches,
+    ImageSplit,
     TrainConfig,
     TrainHistory,
+    batches_for,
     build_optimizer,
     cosine_lr,
     fit,
@@ -48,7 +48,7 @@ supernet_checkpoint = train_checkpoint
 
 def train(
     model: nn.Module,
-    train_data: torch.utils.data.TensorDataset,
+    train_data: ImageSplit,
     cfg: TrainConfig,
     choose_path: PathChooser | None = None,
     checkpoint_path: str | Path | None = None,
@@ -72,7 +72,7 @@ def train(
     device = resolve_device(cfg.device)
     model.to(device)
     optimizer = build_optimizer(model.parameters(), cfg)
-    batches = TensorBatches(train_data, device)
+    batches = batches_for(train_data, device)
     steps_per_epoch = batches.num_batches(cfg.batch_size, drop_last=True)
     total_steps = cfg.epochs * steps_per_epoch
 

@@ -63,7 +63,7 @@ UNIFORM_JSON = {"kind": "uniform", "flops_gap_mflops": None, "weighting": "unifo
 SNNET_V1_JSON = {"kind": "stitch_search", "anchors": ANCHORS_JSON, "data": DATA_JSON, "train": STITCH_TRAIN_JSON,
                  "init_samples": 100, "nearest": True, "kernel_size": 2, "stride": 1, "eval_batch_size": 256,
                  "export_front": True, "version": "v1", "route_types": None, "sampling": UNIFORM_JSON,
-                 "lora_rank": 0, "hv_reference": "evaluated"}
+                 "lora_rank": 0, "hv_reference": "evaluated", "reset_head": False}  # reset_head: new, absent = False
 SNNET_V2_JSON = {**SNNET_V1_JSON, "anchors": [ANCHORS_JSON[0], ANCHORS_JSON[2]], "version": "v2",
                  "route_types": ["fs", "sf", "sfs", "fsf"], "sampling": {**UNIFORM_JSON, "kind": "ros"},
                  "lora_rank": 4}

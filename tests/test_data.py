@@ -412,3 +412,81 @@ def test_npz_file_errors(tmp_path: Path) -> None:
     np.savez(tmp_path / "few.npz", x=np.zeros((4, 3, 3)), y=np.arange(4))
     with pytest.raises(ValueError, match=r"^test_fraction=0.2: cannot split 4 samples stratified"):
         load_data(DataSpec(name="npz", data_dir=str(tmp_path / "few.npz")))
+
+
+def test_stratified_split_equals_scikit_learn_index_for_index():
+    """Run folders were split by sklearn's train_test_split: the numpy version must make the
+    same splits (fractions and counts, sorted and unsorted labels, large seeds)."""
+    from sklearn.model_selection import train_test_split
+
+    from stitchnas.data.splits import stratified_split
+
+    rng = np.random.default_rng(0)
+    compared = 0
+    for _ in range(600):
+        n, classes = int(rng.integers(4, 300)), int(rng.integers(1, 12))
+        y = rng.integers(0, classes, n)
+        if rng.random() < 0.3:
+            y = np.sort(y)
+        held = float(rng.uniform(0.01, 0.99)) if rng.random() < 0.6 else int(rng.integers(1, n))
+        seed = int(rng.integers(0, 2**40))
+        try:
+            kept, out = train_test_split(np.arange(n), test_size=held, stratify=y, random_state=seed % 2**32)
+        except ValueError:
+            with pytest.raises(ValueError, match=r"cannot split \d+ samples stratified by class"):
+                stratified_split(y, held, seed, "x")
+            continue
+        mine = stratified_split(y, held, seed, "x")
+        assert np.array_equal(mine[0], np.sort(kept)) and np.array_equal(mine[1], np.sort(out))
+        compared += 1
+    assert compared > 400
+
+
+def test_digits_are_read_without_importing_scikit_learn():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from stitchnas.data import DataSpec, load_data; d = load_data(DataSpec()); "
+            "print('sklearn' in sys.modules, len(d.train), len(d.test))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "1437", "360"]
+    from sklearn.datasets import load_digits
+
+    from stitchnas.data.sources import _load_digits
+
+    bunch, raw = load_digits(), _load_digits(DataSpec())
+    assert np.array_equal(raw.x_train, (np.asarray(bunch.images, dtype=np.float32) / 16.0)[:, None])
+    assert np.array_equal(raw.y_train, bunch.target)
+
+
+@pytest.mark.parametrize("input_size", [8, 16])
+def test_one_channel_images_have_nchw_strides(input_size):
+    """numpy leaves a size-1 axis' stride arbitrary; channels-last strides would make torch run
+    every convolution channels-last (other results in the last bits than runs written before)."""
+    data = load_data(DataSpec(input_size=input_size, max_train_samples=200))
+    for split in (data.search_train, data.search_val, data.test):
+        x = split.tensors[0]
+        assert x.stride()[1:] == (input_size * input_size, input_size, 1)
+    conv = torch.nn.Conv2d(1, 4, 3)
+    assert not conv(data.test.tensors[0][:4]).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_mirror_invariant_option_overrides_the_data_sets_own(tmp_path):
+    path = tmp_path / "digits.npz"
+    np.savez(path, x=np.random.default_rng(0).random((60, 1, 8, 8), dtype=np.float32), y=np.repeat(np.arange(3), 20))
+    assert load_data(DataSpec("npz", data_dir=str(path), input_size=8)).train.mirror_invariant
+    spec = DataSpec("npz", data_dir=str(path), input_size=8, options={"mirror_invariant": False})
+    assert not load_data(spec).train.mirror_invariant
+    assert load_data(DataSpec(input_size=8, options={"mirror_invariant": True})).search_train.mirror_invariant
+    with pytest.raises(ValueError, match="^DataSpec.options: mirror_invariant must be true or false, got 'no'$"):
+        load_data(DataSpec(input_size=8, options={"mirror_invariant": "no"}))
+
+
+def test_cli_records_data_dir_as_an_absolute_path(tmp_path, monkeypatch):
+    import argparse
+
+    from stitchnas.cli.options import data_spec_from_args
+
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(dataset="npz", data_dir="sub/x.npz", input_size=8, seed=0, data_option=[], workers=None)
+    assert data_spec_from_args(args).data_dir == str(tmp_path / "sub" / "x.npz")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 import stitchnas
@@ -67,3 +68,86 @@ def test_fine_tuning_deit_checkpoints_normalises_with_their_mean_and_std(tmp_pat
     assert norm.mean == (mean,) and norm.std == (std,)
     pixels = raw.test.tensors[0] * raw.std[0] + raw.mean[0]  # back to [0, 1]
     torch.testing.assert_close(norm.test.tensors[0], (pixels - mean) / std, atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- issue 13: SN-Netv2's downstream setting
+def _snnet_of(tmp_path, num_classes: int, reset_head: bool = False):
+    from types import SimpleNamespace
+
+    from stitching.anchors import anchor_refs_from_files
+    from stitchnas.methods.snnet import StitchSearchConfig, build_snnet
+
+    files = []
+    for seed, preset in enumerate(("vit_digits_tiny", "vit_digits_small")):
+        torch.manual_seed(seed)
+        model = create_vit(preset, img_size=8, in_chans=1, num_classes=num_classes, depth=2)
+        files.append((preset, str(tmp_path / f"{preset}_{num_classes}.pth")))
+        torch.save({"state_dict": model.state_dict()}, files[-1][1])
+    refs = anchor_refs_from_files(files, input_size=8, in_chans=1, num_classes=10)
+    cfg = StitchSearchConfig(anchors=tuple(refs), reset_head=reset_head)
+    data = SimpleNamespace(name="digits", in_chans=1, input_size=8, num_classes=10)
+    return build_snnet(cfg, data), files, cfg  # type: ignore[arg-type]
+
+
+def test_fresh_heads_train_at_the_stitching_layers_rate_pretrained_weights_at_the_anchors(tmp_path):
+    from stitching.trainer import StitchTrainConfig, param_groups
+
+    train = StitchTrainConfig(lr=1e-3, anchor_lr_scale=0.1)
+    snnet, _, _ = _snnet_of(tmp_path, num_classes=5)  # 5-class checkpoints, 10-class data: heads replaced
+    assert snnet.new_heads == (True, True)
+    groups = {g["name"]: g for g in param_groups(snnet, train)}
+    assert list(groups) == ["anchors", "stitch_layers", "new_heads"]
+    assert groups["new_heads"]["lr"] == groups["stitch_layers"]["lr"] == 1e-3
+    assert groups["new_heads"]["lr_scale"] == groups["stitch_layers"]["lr_scale"] == 1.0
+    heads = {id(p) for a in snnet.anchors for p in a.head.parameters()}
+    assert {id(p) for p in groups["new_heads"]["params"]} == heads
+    anchor_ids = {id(p) for p in groups["anchors"]["params"]}
+    assert not anchor_ids & heads and groups["anchors"]["lr"] == pytest.approx(1e-4)
+    assert {id(p) for p in snnet.anchors[0].blocks.parameters()} <= anchor_ids
+    # no head replaced: the two groups of every earlier run, unchanged (old checkpoints resume)
+    kept, _, _ = _snnet_of(tmp_path, num_classes=10)
+    assert kept.new_heads == (False, False)
+    groups = param_groups(kept, train)
+    assert [g["name"] for g in groups] == ["anchors", "stitch_layers"]
+    assert [id(p) for p in groups[0]["params"]] == [id(p) for p in kept.anchors.parameters()]
+
+
+def test_reset_head_gives_a_fresh_head_of_the_same_class_count_recorded_and_fixed_on_resume(tmp_path, capsys):
+    snnet, files, cfg = _snnet_of(tmp_path, num_classes=10, reset_head=True)
+    assert snnet.new_heads == (True, True)
+    saved = torch.load(files[0][1], weights_only=True)["state_dict"]["head.weight"]
+    assert saved.shape == snnet.anchors[0].head.weight.shape
+    assert not torch.equal(saved, snnet.anchors[0].head.weight)
+    assert cfg.to_json()["reset_head"] is True
+    out = tmp_path / "run"
+    args = ["stitch", "train", *(a for preset, path in files for a in ("--anchor", f"{preset}={path}")),
+            "--input-size", "8", "--max-train-samples", "60", "--epochs", "0", "--init-samples", "20",
+            "--no-progress", "--out", str(out)]
+    assert main([*args, "--reset-head"]) == 0
+    assert json.loads((out / "run_config.json").read_text())["reset_head"] is True
+    record = json.loads(next((out / "exports").glob("*/model.json")).read_text())
+    assert any("--reset-head" in line for line in record["provenance"]["anchor_adaptations"])
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "reset_head" in err and len(err.splitlines()) == 1, err
+
+
+def test_anchors_trained_with_another_depth_load_by_preset_and_record_it(tmp_path, capsys):
+    anchors, run = tmp_path / "anchors", tmp_path / "stitch"
+    assert main(["anchors", "train", "--depth", "2", "--input-size", "8", "--epochs", "1",
+                 "--max-train-samples", "60", "--no-progress", "--out", str(anchors)]) == 0
+    files = [f"vit_digits_{size}={anchors / f'vit_digits_{size}.pth'}" for size in ("tiny", "small")]
+    args = ["stitch", "train", "--anchor", files[0], "--anchor", files[1], "--input-size", "8", "--epochs", "0",
+            "--max-train-samples", "60", "--init-samples", "20", "--no-progress"]
+    assert main([*args, "--out", str(run)]) == 0
+    assert [a["config"]["depth"] for a in json.loads((run / "run_config.json").read_text())["anchors"]] == [2, 2]
+    # block indices with a gap: refused in one line naming the file
+    state = torch.load(anchors / "vit_digits_tiny.pth", weights_only=True)
+    state = {k.replace("blocks.1.", "blocks.3."): v for k, v in state.items()}
+    torch.save(state, tmp_path / "gap.pth")
+    capsys.readouterr()
+    code = main(["stitch", "train", "--anchor", f"vit_digits_tiny={tmp_path / 'gap.pth'}", *args[4:],
+                 "--out", str(tmp_path / "gap")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "gap.pth" in err and "not contiguous" in err and len(err.splitlines()) == 1, err

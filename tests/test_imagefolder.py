@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from stitchnas.cli import main
+from stitchnas.core.training import AUGMENT_STREAM, batches_for, epoch_generator, split_images
 from stitchnas.data import DataSpec, list_datasets, load_data
 from stitchnas.data.imagefolder import decode_image
 
@@ -325,3 +326,201 @@ def test_search_pooling_on_an_image_folder(tmp_path: Path, capsys: pytest.Captur
     assert code == 0, captured.err
     rows = (out / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 3  # header + 2 candidates
+
+
+# -- streaming from disk -----------------------------------------------------------------------
+
+SPLITS = ("search_train", "search_val", "train", "test")
+
+
+def _passes(data, split: str, device: torch.device = torch.device("cpu")) -> list[list[tuple[torch.Tensor, ...]]]:
+    """Every batch of one split: evaluation order, and two seeded training passes (shuffled, augmented)."""
+    batches = batches_for(getattr(data, split), device)
+    return [
+        list(batches.iterate(7)),
+        list(batches.iterate(8, epoch_generator(3, 1), drop_last=True, augment="auto",
+                             aug_generator=epoch_generator(3, 1, AUGMENT_STREAM))),
+        list(batches.iterate(5, epoch_generator(3, 2), augment="rrc_flip",
+                             aug_generator=epoch_generator(3, 2, AUGMENT_STREAM))),
+    ]
+
+
+def assert_same_batches(memory, streamed) -> None:
+    assert not memory.streamed and streamed.streamed
+    assert (memory.in_chans, memory.class_names, memory.mean, memory.std) == \
+        (streamed.in_chans, streamed.class_names, streamed.mean, streamed.std)
+    for split in SPLITS:
+        assert len(getattr(memory, split)) == len(getattr(streamed, split)), split
+        for one, other in zip(_passes(memory, split), _passes(streamed, split), strict=True):
+            assert len(one) == len(other) > 0, split
+            for (x, y), (xs, ys) in zip(one, other):
+                assert torch.equal(x, xs) and torch.equal(y, ys), split
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streamed_folder_gives_the_in_memory_batches(tmp_path: Path, workers: int) -> None:
+    write_folder(tmp_path, {"a": 20, "b": 17, "c": 12}, seed=8)
+    write_broken(tmp_path / "b", np.random.default_rng(9))  # empty, garbage, truncated PNG: all skipped
+    memory = load_data(spec(tmp_path, seed=2, options={"stream": False}))
+    streamed = load_data(spec(tmp_path, seed=2, options={"stream": True, "workers": workers}))
+    assert "(streamed from disk)" in streamed.describe() and "streamed" not in memory.describe()
+    assert_same_batches(memory, streamed)
+    # the seeded batch SN-Net's least-squares init takes
+    order = torch.randperm(len(memory.search_train), generator=epoch_generator(0, 0, 4))[:9]
+    assert torch.equal(split_images(memory.search_train, order), split_images(streamed.search_train, order))
+    # a second pass over a split while one is open (its own loader) and a pass abandoned half way
+    outer = batches_for(streamed.train, torch.device("cpu")).iterate(4)
+    first = next(outer)
+    inner = [x for x, _ in batches_for(streamed.train, torch.device("cpu")).iterate(4)]
+    assert torch.equal(first[0], inner[0]) and all(torch.equal(x, y) for (x, _), y in zip(outer, inner[1:], strict=True))
+    half = batches_for(streamed.test, torch.device("cpu")).iterate(3)
+    next(half)
+    del half
+    assert_same_batches(memory, streamed)
+
+
+@pytest.mark.gpu  # scripts/gpu_check.sh
+def test_streamed_batches_on_cuda_equal_the_in_memory_ones(tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.fail("needs a CUDA device")
+    write_folder(tmp_path, {"a": 20, "b": 20}, seed=5)
+    memory = load_data(spec(tmp_path, input_size=80, options={"stream": False}))  # > 64 px: rrc_flip
+    streamed = load_data(spec(tmp_path, input_size=80, options={"stream": True, "workers": 2}))
+    cuda = torch.device("cuda")
+    for split in SPLITS:
+        for one, other in zip(_passes(memory, split, cuda), _passes(streamed, split, cuda), strict=True):
+            for (x, y), (xs, ys) in zip(one, other, strict=True):
+                assert xs.device.type == "cuda" and torch.equal(x, xs) and torch.equal(y, ys), split
+
+
+def test_streamed_grey_layouts_limits_and_given_normalisation(tmp_path: Path) -> None:
+    grey = tmp_path / "grey"
+    write_folder(grey, {"a": 6, "b": 6}, kinds=("L", "LA", "I;16", "L_jpeg"))
+    split = tmp_path / "split"
+    write_folder(split / "train", {"x": 8, "y": 6}, seed=1)
+    write_folder(split / "val", {"x": 4, "y": 3}, seed=2)
+    cases = [(grey, {}, {}), (grey, {"channels": 3, "center_crop": True}, {}),
+             (tmp_path / "split", {"channels": 1}, {"max_test_samples": 4}),
+             (tmp_path / "split", {}, {"max_train_samples": 10, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.3, 0.25)})]
+    for root, options, kwargs in cases:
+        memory = load_data(spec(root, options={"stream": False, **options}, **kwargs))
+        streamed = load_data(spec(root, options={"stream": True, **options}, **kwargs))
+        assert_same_batches(memory, streamed)
+    assert load_data(spec(grey, options={"stream": True})).in_chans == 1
+
+
+def test_streamed_statistics_from_a_seeded_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stitchnas.data import base
+
+    write_folder(tmp_path, {"a": 10, "b": 10}, seed=4)
+    memory = load_data(spec(tmp_path, options={"stream": False}))
+    monkeypatch.setattr(base, "_EXACT_STATS_BYTES", 0)  # float64 sums over chunks: equal up to rounding
+    chunked = load_data(spec(tmp_path, options={"stream": True}))
+    np.testing.assert_allclose(chunked.mean + chunked.std, memory.mean + memory.std, rtol=1e-12)
+    monkeypatch.setattr(base, "STATS_SAMPLE", 6)  # a seeded sample of 6 of the 16 training images
+    sampled = load_data(spec(tmp_path, options={"stream": True}))
+    assert sampled.mean == load_data(spec(tmp_path, options={"stream": True})).mean != memory.mean
+
+
+def test_stream_auto_follows_the_available_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    from stitchnas.data import imagefolder
+
+    write_folder(tmp_path, {"a": 5, "b": 5})
+    need = 10 * 3 * 8 * 8 * 4  # float32 bytes of the whole set (3 channels assumed)
+    for available, streamed in ((int(need / imagefolder.STREAM_MEMORY_FRACTION), False), (need * 3, True)):
+        monkeypatch.setattr(imagefolder, "available_memory", lambda available=available: available)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger=LOGGER):
+            assert load_data(spec(tmp_path)).streamed is streamed  # the default is stream=auto
+        how = "streamed from disk by 0 workers" if streamed else "decoded into memory"
+        assert any(f"10 image files, {how} (stream=auto: float32 tensors of" in r.getMessage()
+                   for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert imagefolder.available_memory() is None or imagefolder.available_memory() > 0
+
+
+def test_streamed_broken_files_are_skipped_with_the_same_warning(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    write_folder(tmp_path, {"a": 6, "b": 6})
+    broken = write_broken(tmp_path / "a", np.random.default_rng(1))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        data = load_data(spec(tmp_path, options={"stream": True, "workers": 2}))
+    assert len(data.train) + len(data.test) == 12
+    (record,) = [r for r in caplog.records if r.name == LOGGER]
+    assert record.getMessage().startswith(
+        f"imagefolder {tmp_path}: skipped 3 unreadable files (first: {broken[0]}: empty file)")
+
+
+def test_a_file_failing_while_streaming_raises_one_line_naming_it(tmp_path: Path) -> None:
+    from stitchnas.core.streaming import UnreadableImage
+
+    write_folder(tmp_path / "train", {"a": 4, "b": 4})
+    write_folder(tmp_path / "val", {"a": 2, "b": 2})
+    late = tmp_path / "val" / "b" / "late.jpg"  # its header is whole: only decoding finds the damage
+    write_image(late, "RGB", np.random.default_rng(0), (64, 64))
+    late.write_bytes(late.read_bytes()[:len(late.read_bytes()) * 4 // 5])
+    data = load_data(spec(tmp_path, options={"stream": True, "workers": 2}))
+    assert len(data.test) == 5
+    with pytest.raises(UnreadableImage) as info:
+        for _ in batches_for(data.test, torch.device("cpu")).iterate(2):
+            pass
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"imagefolder {late}: ") and "truncated" in message
+    assert len(list(batches_for(data.train, torch.device("cpu")).iterate(3))) == 3  # the loader goes on
+
+
+def test_streamed_split_ships_as_paths(tmp_path: Path) -> None:
+    import pickle
+
+    from stitchnas.search.candidates import ship_split, unship_split
+
+    write_folder(tmp_path, {"a": 30, "b": 30}, kinds=("RGB",))
+    memory = load_data(spec(tmp_path, input_size=32, options={"stream": False}))
+    streamed = load_data(spec(tmp_path, input_size=32, options={"stream": True}))
+    shipped = ship_split(memory.search_val)
+    assert isinstance(shipped, tuple) and all(torch.equal(a, b) for a, b in zip(shipped, memory.search_val.tensors))
+    assert ship_split(streamed.search_val) is streamed.search_val
+    wire = pickle.dumps(ship_split(streamed.search_val))
+    assert len(wire) < len(pickle.dumps(shipped)) / 4  # file names, not pixels
+    received = unship_split(pickle.loads(wire))
+    for (x, y), (xs, ys) in zip(batches_for(memory.search_val, torch.device("cpu")).iterate(16),
+                                batches_for(received, torch.device("cpu")).iterate(16), strict=True):
+        assert torch.equal(x, xs) and torch.equal(y, ys)
+
+
+def test_search_pooling_streamed_equals_in_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    data = tmp_path / "images"
+    write_folder(data, {"circle": 12, "square": 12, "triangle": 12})
+    write_broken(data / "square", np.random.default_rng(6))
+    runs = {}
+    for name, options in (("memory", ["--data-option", "stream=false"]),
+                          ("streamed", ["--data-option", "stream=true", "--workers", "2"])):
+        out = tmp_path / name
+        code = main(["search", "pooling", "--dataset", "imagefolder", "--data-dir", str(data), "--epochs", "1",
+                     "--input-size", "8", "--width-scale", "0.25", "--candidates", "2", "--out", str(out),
+                     "--no-progress", *options])
+        assert code == 0, capsys.readouterr().err
+        runs[name] = out
+    rows = {name: [row.split(",")[:-1] for row in (out / "results.csv").read_text().splitlines()]
+            for name, out in runs.items()}  # all but "seconds" (wall time)
+    assert len(rows["memory"]) == 3 and rows["memory"] == rows["streamed"]
+    # the same training: the same supernet, bit for bit
+    assert (runs["memory"] / "supernet.pt").read_bytes() == (runs["streamed"] / "supernet.pt").read_bytes()
+    options = json.loads((runs["streamed"] / "run_config.json").read_text())["data"]["options"]
+    assert options == {"stream": True, "workers": 2}
+
+
+def test_bad_stream_and_workers_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_folder(tmp_path / "ok", {"a": 3, "b": 3})
+    assert "stream must be true, false or auto, got 'yes'" in \
+        _one_line_error(spec(tmp_path / "ok", options={"stream": "yes"}))
+    for bad, wanted in ((["--data-option", "stream=maybe"], "stream must be true, false or auto, got 'maybe'"),
+                        (["--workers", "-1"], "--workers: expected an integer >= 0, got '-1'"),
+                        (["--workers", "two"], "--workers: expected an integer >= 0, got 'two'"),
+                        (["--workers", "2", "--data-option", "workers=3"], "--workers 2 and --data-option workers=3")):
+        code = main(["search", "pooling", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "ok"),
+                     "--out", str(tmp_path / "run"), "--no-progress", *bad])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and wanted in err[0], err

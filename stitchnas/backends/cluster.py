@@ -4,10 +4,15 @@ Ray Train trainer).
 A local Ray is started bound to 127.0.0.1 (``include_dashboard=False``); ``"auto"`` or
 ``host:port`` joins a running cluster. Ray's token authentication is left as Ray configures it
 (on by default for clusters it starts). Ray is imported inside the functions only.
+
+Workers get the thread policy's OpenMP wait setting through the job's ``runtime_env`` (they
+import torch before any trial code runs; :func:`stitchnas.core.threads.worker_env`); each trial
+or Train worker then sets its thread count from the CPUs Ray gave it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -40,6 +45,24 @@ def _probe_address(address: str, timeout_s: float = 3.0) -> None:
         raise ValueError(f"--address {address}: cannot reach a Ray cluster there ({err.strerror or err})") from None
 
 
+def worker_runtime_env(local: bool) -> dict[str, dict[str, str]] | None:
+    """The ``runtime_env`` that gives Ray's workers the thread policy's wait setting, or None
+    when they have it anyway: a local Ray's workers inherit this process's environment, and a
+    variable the submitted job's own ``runtime_env`` sets is left to it (Ray refuses both)."""
+    from stitchnas.core.threads import worker_env
+
+    env = worker_env()
+    if local:
+        env = {k: v for k, v in env.items() if os.environ.get(k) != v}
+    try:  # the runtime_env of `ray job submit`, as Ray hands it to the driver
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")) or {}
+        taken = set((job.get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):
+        taken = set()
+    env = {k: v for k, v in env.items() if k not in taken}
+    return {"env_vars": env} if env else None
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Start a local Ray bound to 127.0.0.1 (``address`` None or ``"local"``) or join a cluster."""
     import ray
@@ -47,7 +70,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     set_env_defaults()
     if address in (None, "", "local"):
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
+                 _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
+                 runtime_env=worker_runtime_env(local=True))
         return
     if address.startswith(("http://", "https://")):
         raise ValueError(f"--address {address}: that is a dashboard/job-submission URL; pass the cluster "
@@ -55,7 +79,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address != "auto":
         _probe_address(address)
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env=worker_runtime_env(local=False))
     except ConnectionError as err:
         raise ValueError(f"--address {address}: no running Ray cluster found ({str(err).splitlines()[0]})") from None
 

@@ -42,16 +42,18 @@ from typing import Any, Protocol, cast
 import torch
 from torch import nn
 
+from stitchnas.core import threads
 from stitchnas.core.io import atomic_torch_save, load_checkpoint
 from stitchnas.core.training import (
     AUGMENT_STREAM,
+    Batches,
     Epoch,
     FitOptions,
     ImageDataset,
-    TensorBatches,
     TrainConfig,
     TrainHistory,
     TrainingDiverged,
+    batches_for,
     build_optimizer,
     cosine_lr,
     fit,
@@ -71,7 +73,8 @@ class SupernetRun(Protocol):
 
     Attributes:
         supernet: The supernet (with ``sample_active(rng)``); left holding the trained weights.
-        data: Its splits: ``search_train`` (a ``TensorDataset`` of images (N, C, H, W), labels (N,)).
+        data: Its splits: ``search_train`` (a ``TensorDataset`` of images (N, C, H, W), labels (N,), or a
+            split streamed from disk, shipped to the workers as its file paths).
         cfg: The search config: ``train`` (a :class:`~stitchnas.core.training.TrainConfig`) and
             ``mixture`` (a mixture is refused: it trains in process).
         checkpoint: The run's checkpoint file (:func:`~supernet.training.train`'s format).
@@ -276,7 +279,7 @@ def worker_epochs(
     supernet: nn.Module,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    batches: TensorBatches,
+    batches: Batches,
     cfg: TrainConfig,
     state: dict[str, Any],
     report: Report,
@@ -351,7 +354,7 @@ def train_worker(config: dict[str, Any]) -> None:
     payload = ray.get(config["payload"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(max(1, int(config["threads"])))
+    threads.apply(threads.choose_threads())  # the CPUs Ray gave this worker (cpus_per_worker)
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
     cfg = TrainConfig.from_json(payload["train_config"], "ray train payload 'train_config'")
     state = payload["state"]
@@ -373,8 +376,10 @@ def train_worker(config: dict[str, Any]) -> None:
     optimizer = build_optimizer(model.parameters(), cfg)
     if state.get("optimizer"):
         optimizer.load_state_dict(state["optimizer"])
-    batches = TensorBatches(ImageDataset(*payload["data"], mirror_invariant=payload.get("mirror_invariant", True)),
-                            device)
+    data = payload["data"]  # tensors, or a split streamed from disk (its file paths)
+    split = ImageDataset(*data, mirror_invariant=payload.get("mirror_invariant", True)) if isinstance(data, tuple) \
+        else data
+    batches = batches_for(split, device)
 
     def report(epoch: int, record: dict[str, Any], checkpoint_state: dict[str, Any] | None) -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -454,12 +459,12 @@ class RayTrainTrainer:
 
         opts = self.options
         storage = (ctx.out_dir / RAY_TRAIN_DIR).resolve()
-        x, y = ctx.data.search_train.tensors
+        tensors = getattr(ctx.data.search_train, "tensors", None)  # None: streamed from disk
         payload = ray.put({
             "supernet": copy.deepcopy(ctx.supernet).cpu(),  # pickled by class reference: no import here
             "train_config": ctx.cfg.train.to_json(),
             "state": state,
-            "data": (x.detach().clone(), y.detach().clone()),
+            "data": ctx.data.search_train if tensors is None else tuple(t.detach().clone() for t in tensors),
             # "auto" augmentation must resolve on the workers as in this process (no flip for digits)
             "mirror_invariant": bool(getattr(ctx.data.search_train, "mirror_invariant", True)),
             "storage": str(storage),
@@ -467,7 +472,7 @@ class RayTrainTrainer:
         resources = {"CPU": opts.cpus_per_worker, **({"GPU": 1} if opts.use_gpu else {})}
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={"payload": payload, "use_gpu": opts.use_gpu, "threads": int(opts.cpus_per_worker)},
+            train_loop_config={"payload": payload, "use_gpu": opts.use_gpu},
             scaling_config=ray.train.ScalingConfig(num_workers=opts.num_workers, use_gpu=opts.use_gpu,
                                                    resources_per_worker=resources),
             run_config=ray.train.RunConfig(name="supernet", storage_path=str(storage),

@@ -8,7 +8,9 @@ source of truth, the run's ``results.csv``; Tune only schedules trials:
   through ``tune.with_parameters``; every trial reads them from there (never re-pickled per
   trial), and a reused actor (``reuse_actors=True``) keeps the rebuilt supernet cached.
 * ``exhaustive`` and ``random`` put several candidates in one trial (``candidates_per_trial``)
-  so Tune's per-trial overhead is shared; a trial reports all its rows at once.
+  so Tune's per-trial overhead is shared, and so is the work of the prefixes they share where
+  the method's scorer can (:class:`~stitchnas.search.candidates.PrefixScorer`); a trial reports
+  all its rows at once.
 * ``nsga2`` and ``tpe`` run Optuna's NSGA-II / TPE samplers through Tune's ``OptunaSearch``
   (accuracy maximised, analytic FLOPs minimised), one candidate per trial, over the task's
   encoding (pooling: the downsampling positions; stitches: the FLOPs rank). Invalid
@@ -38,8 +40,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from stitchnas.backends.cluster import check_resources, cluster_nodes, init_ray, ray_session, set_env_defaults
 from stitchnas.backends.tune_search import (
     OPTUNA_ALGORITHMS,
@@ -48,6 +48,7 @@ from stitchnas.backends.tune_search import (
     make_queue_searcher,
     make_sampler,
 )
+from stitchnas.core import threads
 from stitchnas.core.io import atomic_write_json, read_json
 from stitchnas.search.candidates import (
     SEARCH_STATE_FILE,
@@ -56,6 +57,7 @@ from stitchnas.search.candidates import (
     CandidateJob,
     LookupEvaluator,
     Scorer,
+    score_together,
     split_score,
 )
 
@@ -164,7 +166,6 @@ class TrialShared:
     """What every trial reads from the object store (once per trial, never re-pickled)."""
 
     evaluator: CandidateEvaluator
-    threads: int
     device: str
 
 
@@ -200,16 +201,24 @@ def evaluate_trial(config: dict[str, Any], shared: TrialShared) -> None:
     """
     from ray import tune
 
-    torch.set_num_threads(max(1, shared.threads))
+    threads.apply(threads.choose_threads())  # the CPUs Ray gave this trial (--cpus-per-trial)
     score = _prepared_scorer(shared)
     hooks = config.get("hooks", {})
     state = _read_trial_state()
     done = {int(r["candidate"]) for r in state["rows"]}
     rows = list(state["rows"])
-    for index in config["candidates"]:
-        if index in done:
-            continue
-        start = time.perf_counter()
+    # the trial's candidates in one pass where the scorer shares their prefixes; one that it
+    # leaves out (or every one, if the pass fails) is scored alone below, which reports its error
+    todo = [index for index in config["candidates"] if index not in done]
+    start = time.perf_counter()
+    try:
+        together = score_together(score, todo)
+    except Exception as err:  # noqa: BLE001 - each candidate is scored alone below and raises its own
+        log.warning("trial: shared-prefix scoring failed (%s: %s); scoring one by one", type(err).__name__, err)
+        together = {}
+    each = (time.perf_counter() - start) / len(todo) if together else 0.0
+    for index in todo:
+        start = time.perf_counter() - (each if index in together else 0.0)
         try:
             if hooks.get("delay_s"):
                 time.sleep(hooks["delay_s"])
@@ -217,7 +226,7 @@ def evaluate_trial(config: dict[str, Any], shared: TrialShared) -> None:
                 raise RuntimeError(f"forced failure of candidate {index} (test hook)")
             if index in hooks.get("flaky_candidates", ()) and not state["failures"].get(str(index)):
                 raise RuntimeError(f"forced first-attempt failure of candidate {index} (test hook)")
-            acc, extra = split_score(score(index))
+            acc, extra = split_score(together[index] if index in together else score(index))
         except Exception as err:  # any error is this candidate's; Tune decides on a retry
             state["rows"] = rows
             state["failures"][str(index)] = state["failures"].get(str(index), 0) + 1
@@ -348,8 +357,7 @@ class RayTuneStage:
     def _shared(self, job: CandidateJob, opts: TuneOptions) -> TrialShared:
         evaluator = (job.task.evaluator() if self.lookup is None
                      else LookupEvaluator(uuid.uuid4().hex, dict(self.lookup)))
-        return TrialShared(evaluator, threads=max(1, int(opts.cpus_per_trial)),
-                           device="cuda" if opts.gpus_per_trial > 0 else "cpu")
+        return TrialShared(evaluator, device="cuda" if opts.gpus_per_trial > 0 else "cpu")
 
     def preflight(self) -> None:
         """Fail fast, before any training, if the connected cluster cannot host one trial."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stitchnas.cli.options import (
     add_data_args,
@@ -30,11 +30,14 @@ def _learngene_teacher_ref(args: argparse.Namespace, data_spec: DataSpec) -> Anc
     default the one with the most FLOPs)."""
     from stitching.anchors import AnchorRef, create_anchor, read_anchor_folder
     from stitching.flops import anchor_flops
+    from stitching.learngene import check_teacher_kind
     from stitchnas.core.io import file_sha256
 
     if args.anchors:
         refs = read_anchor_folder(args.anchors)
         if args.teacher is None:
+            for ref in refs:  # before counting FLOPs: one line naming the file and the kind
+                check_teacher_kind(dict(ref.config), ref.path)
             return max(refs, key=lambda r: anchor_flops(dict(r.config)).total)
         found = [r for r in refs if r.name == args.teacher]
         if not found:
@@ -53,15 +56,25 @@ def _learngene_teacher_ref(args: argparse.Namespace, data_spec: DataSpec) -> Anc
     return AnchorRef(preset, config, str(weights.resolve()), file_sha256(weights) if weights.is_file() else "")
 
 
+def _width_blocks(config: dict[str, Any]) -> tuple[int, int]:
+    """What the summary prints: a ViT's width and depth, a ResNet's last stage width and blocks."""
+    if "embed_dim" in config:
+        return config["embed_dim"], config["depth"]
+    return config["widths"][-1], sum(config["stage_depths"])
+
+
 def cmd_learngene_distill(args: argparse.Namespace) -> int:
-    from stitching.learngene import StudentSpec, default_students, parse_matches
+    from stitching.learngene import check_teacher_kind, default_students, parse_matches, parse_student
     from stitching.learngene_train import DistillConfig
     from stitchnas.methods.learngene import LearngeneDistillRunConfig, run_distill
 
     data_spec = stitch_data_spec_from_args(args)
     teacher = _learngene_teacher_ref(args, data_spec)
-    students = tuple(StudentSpec.parse(s) for s in args.student) or default_students(dict(teacher.config))
-    distill = DistillConfig(students=students, matches=parse_matches(args.matches), alpha=args.alpha,
+    teacher_config = dict(teacher.config)
+    kind = check_teacher_kind(teacher_config, teacher.path)
+    students = tuple(parse_student(s, teacher_config) for s in args.student) or default_students(teacher_config)
+    matches = args.matches if args.matches is not None else ("front_end" if kind == "vit" else "stages")
+    distill = DistillConfig(students=students, matches=parse_matches(matches), alpha=args.alpha,
                             temperature=args.temperature, train=stitch_train_config_from_args(args),
                             train_matrices=not args.freeze_matrices)
     outcome = run_distill(LearngeneDistillRunConfig(teacher, distill, data_spec), args.out, resume=args.resume,
@@ -69,11 +82,13 @@ def cmd_learngene_distill(args: argparse.Namespace) -> int:
     m = outcome.manifest
     print(f"{'model':<22} {'width':>5} {'blocks':>6} {'MFLOPs':>9} {'params':>9} {'val acc %':>9} {'test acc %':>10}")
     t = m["teacher"]
-    print(f"{'teacher ' + t['name']:<22} {t['config']['embed_dim']:>5} {t['config']['depth']:>6} "
+    width, blocks = _width_blocks(t["config"])
+    print(f"{'teacher ' + t['name']:<22} {width:>5} {blocks:>6} "
           f"{t['flops'] / 1e6:9.3f} "
           f"{t['params']:>9} {t['val_acc']:9.2f} {t['test_acc']:10.2f}")
     for s in m["students"]:
-        print(f"{'student ' + s['name']:<22} {s['embed_dim']:>5} {s['depth']:>6} {s['flops'] / 1e6:9.3f} "
+        width, blocks = _width_blocks(s["config"])
+        print(f"{'student ' + s['name']:<22} {width:>5} {blocks:>6} {s['flops'] / 1e6:9.3f} "
               f"{s['params']:>9} {s['val_acc']:9.2f} {s['test_acc']:10.2f}")
     print(f"outputs: {Path(outcome.out_dir).resolve()} (learngene.json, learngene.pt)")
     return 0
@@ -117,16 +132,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """``stitchnas learngene distill|pool|evaluate|export`` (Learngene Pool)."""
     lg = sub.add_parser("learngene", help="Learngene Pool: distil a teacher into students, stitch descendants")
     lg = lg.add_subparsers(dest="learngene_kind", required=True)
-    p = lg.add_parser("distill", help="distil a trained ViT teacher into auxiliary students (resumable)")
+    p = lg.add_parser("distill", help="distil a trained ViT or ResNet teacher into auxiliary students (resumable)")
     g = p.add_argument_group("teacher and students")
     g.add_argument("--anchors", default=None, help="folder written by 'stitchnas anchors train' (anchors.json)")
     g.add_argument("--teacher", default=None,
-                   help="NAME of an anchor in --anchors (default: the largest), or PRESET=PATH without --anchors")
+                   help="NAME of an anchor in --anchors (default: the largest), or PRESET=PATH without --anchors "
+                        "(e.g. resnet18=resnet18.pth, a timm checkpoint adapted to the data)")
     g.add_argument("--student", action="append", default=[], metavar="NAME:DIM:HEADS:DEPTH",
                    help="an auxiliary student (repeat; default: tiny at half and base at full teacher width, "
-                        "half its depth)")
-    g.add_argument("--matches", default="front_end",
-                   help="matched blocks for the MSE term: front_end, end, or TEACHER:STUDENT pairs like 3:1,7:3,11:5")
+                        "half its depth); a ResNet teacher's: NAME:WIDTHS:STAGE_DEPTHS, e.g. "
+                        "tiny:32,64,128,256:2,2,2,2 (default: half and full widths, about half of every stage)")
+    g.add_argument("--matches", default=None,
+                   help="matched blocks for the MSE term: front_end (ViT default), stages (the last block of every "
+                        "stage; ResNet default), end, or TEACHER:STUDENT pairs like 3:1,7:3,11:5")
     g.add_argument("--alpha", type=finite_float, default=0.1, help="weight of the hard-label CE (official 0.1)")
     g.add_argument("--temperature", type=finite_float, default=1.0, help="temperature of the soft CE on logits")
     g.add_argument("--freeze-matrices", action="store_true",

@@ -15,6 +15,10 @@ import sys
 from collections.abc import Sequence
 
 from stitchnas.cli import learngene, pooling, stitch, studies
+from stitchnas.core import threads
+
+THREADS_HELP = ("torch threads (default: the CPUs this process may use: affinity, cgroup quota, or the CPUs Ray "
+                "gave it; OMP_NUM_THREADS if set); recorded in run_config.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
     studies.add_commands(sub)
     stitch.add_stitch_commands(sub)
     learngene.add_commands(sub)
+    _add_threads(parser)
     return parser
+
+
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` on every command (the leaves of the sub-command tree), parsed before any
+    command module imports torch."""
+    children = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not children:
+        parser.add_argument("--threads", type=threads.parse_threads, default=None, metavar="N", help=THREADS_HELP)
+        return
+    for action in children:
+        for child in {id(p): p for p in action.choices.values()}.values():
+            _add_threads(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    threads.configure(getattr(args, "threads", None))  # before any command imports torch
     try:
         return args.handler(args)
     except ValueError as err:  # bad options or input files: one line naming them

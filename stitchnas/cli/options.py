@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -68,14 +69,28 @@ def add_data_args(p: argparse.ArgumentParser, input_size: int = 16) -> None:
     g.add_argument("--input-size", type=int, default=input_size, help="square input side in pixels")
     g.add_argument("--seed", type=int, default=0, help="seed for splits, initialisation and sampling")
     g.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="data-set-specific setting, e.g. canvas_size=24 for cluttered_digits (repeatable)")
+                   help="data-set-specific setting, e.g. canvas_size=24 for cluttered_digits, stream=true|false|auto "
+                        "for imagefolder (repeatable)")
+    g.add_argument("--workers", default=None, metavar="N",
+                   help="data-loading worker processes (imagefolder: decoding, and streaming when the set is "
+                        "streamed from disk); the same as --data-option workers=N")
 
 
 def data_spec_from_args(args: argparse.Namespace) -> DataSpec:
     from stitchnas.data import DataSpec
 
-    return DataSpec(name=args.dataset, data_dir=args.data_dir, input_size=args.input_size, seed=args.seed,
-                    options=parse_options(args.data_option))
+    options = parse_options(args.data_option)
+    workers = getattr(args, "workers", None)
+    if workers is not None:
+        if not (workers.isascii() and workers.isdigit()):
+            raise ValueError(f"--workers: expected an integer >= 0, got {workers!r}")
+        if "workers" in options and options["workers"] != int(workers):
+            raise ValueError(f"--workers {workers} and --data-option workers={options['workers']}: give one")
+        options["workers"] = int(workers)
+    # Absolute, so the run folder's run_config.json reloads from any working directory.
+    data_dir = None if args.data_dir is None else os.path.abspath(os.path.expanduser(args.data_dir))
+    return DataSpec(name=args.dataset, data_dir=data_dir, input_size=args.input_size, seed=args.seed,
+                    options=options)
 
 
 def parse_options(items: Sequence[str]) -> dict:

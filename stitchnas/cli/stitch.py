@@ -110,7 +110,8 @@ def cmd_stitch_train(args: argparse.Namespace) -> int:
                  anchors[0].name, anchors[-1].name, len(anchors))
     cfg = StitchSearchConfig(anchors=anchors, data=data_spec, train=train_cfg,
                              init_samples=args.init_samples, nearest=not args.all_pairs,
-                             export_front=not args.no_export, hv_reference=args.hv_reference, **version_options)
+                             export_front=not args.no_export, hv_reference=args.hv_reference,
+                             reset_head=args.reset_head, **version_options)
     return run_and_print(backend_from_args(args), lambda b: api.run_search(
         cfg, args.out, resume=args.resume, progress=not args.no_progress, backend=b.evaluate), args.hv_reference)
 
@@ -197,6 +198,9 @@ def add_stitch_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--anchors", default=None, help="folder written by 'stitchnas anchors train' (anchors.json)")
     g.add_argument("--anchor", action="append", default=[], metavar="PRESET=PATH",
                    help="a local timm-format checkpoint of a preset (repeat, small to large)")
+    g.add_argument("--reset-head", action="store_true",
+                   help="give every anchor a freshly initialised head even when its class count matches the data's "
+                        "(same count, other classes, e.g. digits 0-4 -> 5-9)")
     add_data_args(p)
     add_stitch_train_args(p, epochs=10, lr=1e-3, warmup_epochs=0)
     g = p.add_argument_group("stitching")

@@ -9,7 +9,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 
-from stitchnas.core.training import TensorBatches, autocast, resolve_device
+from stitchnas.core.training import ImageSplit, autocast, batches_for, resolve_device
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -22,7 +22,7 @@ class NonFiniteOutput(FloatingPointError):
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, data: torch.utils.data.TensorDataset, batch_size: int = 256,
+def accuracy(model: nn.Module, data: ImageSplit, batch_size: int = 256,
              device: str | torch.device = "cpu", amp: bool = True, batch_stats: bool = False) -> float:
     """Top-1 accuracy in percent, in eval mode (BatchNorm with per-batch statistics if
     ``batch_stats``).
@@ -36,18 +36,39 @@ def accuracy(model: nn.Module, data: torch.utils.data.TensorDataset, batch_size:
     """
     device = resolve_device(device) if isinstance(device, str) else device
     model.to(device).eval()
-    batches = TensorBatches(data, device)
+    batches = batches_for(data, device)
     correct = bad = 0
     with batch_statistics(model) if batch_stats else nullcontext():
         for x, y in batches.iterate(batch_size):
             with autocast(device, amp):
                 logits = model(x)
-            bad += int((~torch.isfinite(logits)).any(dim=1).sum())
-            correct += int((logits.argmax(1) == y).sum())
+            ok, nonfinite = count_correct(logits, y)
+            bad += int(nonfinite)
+            correct += int(ok)
+    return accuracy_percent(correct, bad, len(batches))
+
+
+def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-1 hits and rows with a NaN or infinite logit in one batch, as 0-dim int64 tensors
+    (on the logits' device: no host sync).
+
+    Args:
+        logits: ``(N, num_classes)``.
+        labels: ``(N,)`` int64.
+    """
+    return (logits.argmax(1) == labels).sum(), (~torch.isfinite(logits)).any(dim=1).sum()
+
+
+def accuracy_percent(correct: int, bad: int, total: int) -> float:
+    """``100 * correct / total`` (percent; 0 for an empty split).
+
+    Raises:
+        NonFiniteOutput: One line, when ``bad`` (rows with a non-finite logit) is not 0.
+    """
     if bad:
-        raise NonFiniteOutput(f"non-finite logits (NaN or inf) on {bad} of {len(batches)} images: "
+        raise NonFiniteOutput(f"non-finite logits (NaN or inf) on {bad} of {total} images: "
                               "the network has no accuracy")
-    return 100.0 * correct / max(1, len(batches))
+    return 100.0 * correct / max(1, total)
 
 
 @contextmanager

@@ -8,17 +8,21 @@ file (``where``) and the field, e.g. ``model.json: field 'provenance.seed': expe
 got 'x'``.
 
 Supported field types: ``bool``, ``int``, ``float`` (ints accepted), ``str``, ``None`` unions
-(``X | None``), ``Literal[...]`` (the value must be one of the options), ``tuple[X, ...]`` /
-``list[X]``, fixed-length ``tuple[X, Y]``, ``dict[str, X]`` / ``Mapping[str, X]`` (bare ``dict``:
-any values), ``Any`` (any JSON value) and nested record dataclasses. An optional field (default
-``None``) that is ``None`` is left out of the JSON, so a file only carries the fields its writer
-has; decoding restores them to ``None``. A field absent from the JSON takes its default (files
+(``X | None``), unions (the first option that decodes; records are tried those sharing the most
+keys with the object first, and the first one's error names the nested field), ``Literal[...]``
+(the value must be one of the options), ``tuple[X, ...]`` / ``list[X]``, fixed-length
+``tuple[X, Y]``, ``dict[str, X]`` / ``Mapping[str, X]`` (bare ``dict``: any values), ``Any``
+(any JSON value) and nested record dataclasses. An optional field (default ``None``) that is
+``None`` is left out of the JSON, so a file only carries the fields its writer has; decoding
+restores them to ``None``. A field absent from the JSON takes its default (files
 written before a field existed still decode); a field without a default is required.
 
 Four class- and field-level switches, for configs whose files predate this codec or a field:
 
 * ``json_kind: ClassVar[str]``: :func:`to_json` writes ``"kind": json_kind``; :func:`from_json`
-  requires exactly that ``"kind"`` and strips it before decoding the fields.
+  requires exactly that ``"kind"`` and strips it before decoding the fields. Such a record is a
+  run config: its file may also hold :data:`RUN_FACTS` (e.g. ``"threads"``, written beside the
+  options by :func:`stitchnas.core.runs.prepare_run_dir`), which decoding skips.
 * ``json_keep_none: ClassVar[bool] = True``: fields holding ``None`` are written (as ``null``),
   as ``dataclasses.asdict`` did.
 * ``field(metadata=OWN_JSON)``: the field's type codes itself (``value.to_json()`` and
@@ -47,6 +51,10 @@ from typing import Any, Literal, TypeVar, Union
 
 R = TypeVar("R")
 
+#: Keys a run config file (a record with ``json_kind``) holds beside its options: facts about the
+#: run that are no option of it (see :func:`stitchnas.core.runs.prepare_run_dir`).
+RUN_FACTS = ("threads",)
+
 __all__ = [
     "ANCHORS_FORMAT",
     "ANCHORS_FORMAT_VERSION",
@@ -54,6 +62,7 @@ __all__ = [
     "MODEL_FORMAT_VERSION",
     "OWN_JSON",
     "RESULT_COLUMNS",
+    "RUN_FACTS",
     "AnchorDigest",
     "AnchorEntry",
     "AnchorManifest",
@@ -134,6 +143,17 @@ def _decode(tp: Any, value: Any, path: str, where: str) -> Any:
         if value is None and type(None) in options:
             return None
         others = [o for o in options if o is not type(None)]
+        if isinstance(value, dict) and all(isinstance(o, type) and dataclasses.is_dataclass(o) for o in others):
+            # records, those sharing the most keys with the object first: the first that decodes it, else its error
+            keys = set(value) - {"kind"}
+            ranked = sorted(others, key=lambda o: -len(keys & {f.name for f in dataclasses.fields(o)}))
+            errors = []
+            for option in ranked:
+                try:
+                    return _decode(option, value, path, where)
+                except ValueError as err:
+                    errors.append(err)
+            raise errors[0]
         if len(others) == 1:  # X | None: X's own error, with its nested path
             return _decode(others[0], value, path, where)
         for option in others:
@@ -207,7 +227,7 @@ def from_json(cls: type[R], data: Any, where: str, _prefix: str = "") -> R:
     if kind is not None:
         if data.get("kind") != kind:
             raise ValueError(f"{where}: field {_prefix + 'kind'!r}: expected {kind!r}, got {data.get('kind')!r:.80}")
-        data = {k: v for k, v in data.items() if k != "kind"}
+        data = {k: v for k, v in data.items() if k != "kind" and (_prefix or k not in RUN_FACTS)}
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))

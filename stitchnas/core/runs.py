@@ -2,6 +2,13 @@
 
 A run folder is claimed by writing ``run_config.json``. Resuming requires the same config, so
 a resumed run can never silently mix results produced under two different settings.
+
+Beside the options the file records the thread policy in force (``"threads"``:
+:meth:`stitchnas.core.threads.ThreadPolicy.to_json`). Results differ in the last bits between
+thread counts and are identical for the same count, so resuming with another count is allowed
+(the count belongs to the machine, not to the experiment: another node, another cgroup, Ray's
+CPUs) but warns in one line naming ``--threads`` to match. Folders written before the key
+existed resume without the check.
 """
 
 from __future__ import annotations
@@ -11,15 +18,33 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from stitchnas.core import threads
 from stitchnas.core.io import atomic_write_json, read_json
+from stitchnas.core.records import RUN_FACTS
 
 log = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
 
 
+def run_options(run_config: dict[str, Any]) -> dict[str, Any]:
+    """``run_config`` without the facts recorded beside the options (:data:`RUN_FACTS`)."""
+    return {k: v for k, v in run_config.items() if k not in RUN_FACTS}
+
+
+def _check_threads(out: Path, previous: dict[str, Any], now: threads.ThreadPolicy) -> None:
+    recorded = previous.get("threads")
+    before = recorded.get("num_threads") if isinstance(recorded, dict) else None
+    if isinstance(before, int) and before != now.num_threads:
+        log.warning("run folder %s: started with %d torch threads, resuming with %d; results may differ in the "
+                    "last bits from an uninterrupted run (pass --threads %d to match)", out, before,
+                    now.num_threads, before)
+
+
 def prepare_run_dir(out_dir: str | Path, run_config: dict[str, Any], resume: bool) -> Path:
-    """Create or reopen ``out_dir`` for a run described by ``run_config``."""
+    """Create or reopen ``out_dir`` for a run described by ``run_config`` (its options; the
+    thread policy in force is recorded beside them, see the module docstring)."""
+    run_config = run_options(run_config)
     out = Path(out_dir)
     config_path = out / RUN_CONFIG
     if out.exists() and not out.is_dir():
@@ -36,16 +61,18 @@ def prepare_run_dir(out_dir: str | Path, run_config: dict[str, Any], resume: boo
         if not isinstance(previous, dict):
             raise ValueError(f"run config {config_path}: expected a JSON object, got {type(previous).__name__}")
         # Compare through JSON so tuples and lists of the same values are equal.
-        if json.loads(json.dumps(previous)) != json.loads(json.dumps(run_config)):
-            changed = sorted(k for k in set(previous) | set(run_config) if previous.get(k) != run_config.get(k))
+        options = run_options(previous)
+        if json.loads(json.dumps(options)) != json.loads(json.dumps(run_config)):
+            changed = sorted(k for k in set(options) | set(run_config) if options.get(k) != run_config.get(k))
             raise ValueError(
                 f"output folder {out}: --resume needs the options of the original run; differing: {changed}"
             )
+        _check_threads(out, previous, threads.current())
         log.info("resuming run in %s", out)
         return out
     if out.exists() and any(out.iterdir()) and not resume:
         raise ValueError(f"output folder {out}: exists and is not empty; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(config_path, run_config)
+    atomic_write_json(config_path, {**run_config, "threads": threads.current().to_json()})
     log.info("run folder: %s", out.resolve())
     return out

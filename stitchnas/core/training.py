@@ -7,8 +7,10 @@ so a run resumed from an epoch-boundary checkpoint replays exactly what an unint
 :func:`fit` owns the rest of a loop's scaffolding (resume, progress bar, checkpoint after every
 epoch, ``on_step``, stopping at a non-finite loss); a trainer supplies only one epoch's body.
 
-Training batches are augmented on the device, in batch (:func:`augment_batch`, applied by
-:meth:`TensorBatches.iterate`): random crop with padding and horizontal flip for small images,
+Loops take their batches from :func:`batches_for`: :class:`TensorBatches` for a split held in
+memory, :class:`~stitchnas.core.streaming.StreamedBatches` for one streamed from disk (the same
+batches either way). Training batches are augmented on the device, in batch (:func:`augment_batch`,
+applied by :meth:`TensorBatches.iterate`): random crop with padding and horizontal flip for small images,
 random-resized crop and flip for larger ones. Its parameters are drawn on the CPU from the epoch's
 :data:`AUGMENT_STREAM` generator, so a resumed run replays them too. Scoring never augments.
 """
@@ -17,12 +19,12 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -259,6 +261,60 @@ class TensorBatches:
                 sel = order[idx]
                 x, y = self.x[sel], self.y[sel]
             yield augment_batch(x, kind, aug_generator), y
+
+
+class Batches(Protocol):
+    """What training and scoring loops iterate: :class:`TensorBatches` for an in-memory split,
+    :class:`~stitchnas.core.streaming.StreamedBatches` for one streamed from disk (the same
+    batches for the same generators)."""
+
+    @property
+    def mirror_invariant(self) -> bool:
+        """Whether a mirror image keeps its label (``augment="auto"``)."""
+
+    def __len__(self) -> int: ...
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int: ...
+
+    def iterate(
+        self, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = False,
+        augment: str = "none", aug_generator: torch.Generator | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+class StreamSource(Protocol):
+    """A split that is not held in memory (:class:`~stitchnas.core.streaming.StreamedImages`)."""
+
+    @property
+    def mirror_invariant(self) -> bool:
+        """Whether a mirror image keeps its label (``augment="auto"``)."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, device: torch.device) -> Batches:
+        """Its batches on ``device``."""
+
+    def images(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """The normalised float32 images at ``indices``, on the CPU."""
+
+
+#: A data split as loops take it: images and labels in memory, or streamed from disk.
+ImageSplit: TypeAlias = "torch.utils.data.TensorDataset | StreamSource"
+
+
+def batches_for(dataset: ImageSplit, device: torch.device) -> Batches:
+    """The mini-batches of ``dataset`` on ``device``: :class:`TensorBatches` for an in-memory
+    ``TensorDataset``, the streamed batches of a split kept on disk."""
+    if isinstance(dataset, torch.utils.data.TensorDataset):
+        return TensorBatches(dataset, device)
+    return dataset.batches(device)
+
+
+def split_images(dataset: ImageSplit, indices: torch.Tensor) -> torch.Tensor:
+    """The (normalised) images of ``dataset`` at ``indices``, on the dataset's device (streamed: the CPU)."""
+    if isinstance(dataset, torch.utils.data.TensorDataset):
+        return dataset.tensors[0][indices]
+    return dataset.images(indices)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from stitchnas.core import records
-from stitchnas.core.training import ImageDataset
+from stitchnas.core.streaming import StreamedImages
+from stitchnas.core.training import ImageDataset, ImageSplit
+from stitchnas.data.splits import stratified_split
 
 __all__ = [
     "DataSpec",
@@ -135,6 +137,8 @@ class RawData:
     Attributes:
         x_train: ``(N, C, H, W)`` images. ``uint8`` is read as 0..255 and scaled to [0, 1]
             (kept as ``uint8`` until then, to save memory); other real dtypes are used as is.
+            Or a :class:`~stitchnas.core.streaming.StreamedImages` (images read from disk
+            batch by batch, at the final size; then ``x_test`` is one too, or ``None``).
         y_train: ``(N,)`` integer labels in ``[0, num_classes)``.
         num_classes: Number of classes.
         x_test: Official test images, or ``None`` to hold out ``DataSpec.test_fraction``.
@@ -144,10 +148,10 @@ class RawData:
             training augmentation's ``"auto"`` respects.
     """
 
-    x_train: np.ndarray
+    x_train: np.ndarray | StreamedImages
     y_train: np.ndarray
     num_classes: int
-    x_test: np.ndarray | None = None
+    x_test: np.ndarray | StreamedImages | None = None
     y_test: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
     mirror_invariant: bool = True
@@ -159,17 +163,21 @@ class DataSplits:
 
     Each split is a ``TensorDataset(x, y)`` with ``x`` float32 NCHW, normalised with the
     per-channel ``mean``/``std`` of ``train``, and ``y`` int64. ``search_train`` and
-    ``search_val`` are views into ``train``'s tensors, so they cost no extra memory.
+    ``search_val`` are views into ``train``'s tensors, so they cost no extra memory. A data
+    set streamed from disk (:attr:`streamed`) has a
+    :class:`~stitchnas.core.streaming.StreamedImages` per split instead (the same images,
+    labels and normalisation; loops take either through
+    :func:`stitchnas.core.training.batches_for`).
     """
 
     name: str
     num_classes: int
     in_chans: int
     input_size: int
-    search_train: TensorDataset
-    search_val: TensorDataset
-    train: TensorDataset
-    test: TensorDataset
+    search_train: ImageSplit
+    search_val: ImageSplit
+    train: ImageSplit
+    test: ImageSplit
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...]
@@ -180,8 +188,14 @@ class DataSplits:
             f"{split} {len(getattr(self, split))}"
             for split in ("search_train", "search_val", "train", "test")
         )
+        streamed = " (streamed from disk)" if self.streamed else ""
         return (f"{self.name}: {self.num_classes} classes, "
-                f"{self.in_chans}x{self.input_size}x{self.input_size} images, {sizes}")
+                f"{self.in_chans}x{self.input_size}x{self.input_size} images, {sizes}{streamed}")
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the images are read from disk batch by batch instead of held in memory."""
+        return isinstance(self.train, StreamedImages)
 
 
 DatasetLoader = Callable[[DataSpec], RawData]
@@ -217,36 +231,6 @@ def _is_int(value: Any) -> bool:
 def _derived_seed(seed: int, stream: int) -> int:
     # Independent, reproducible sub-seeds for each split (sklearn wants < 2**32).
     return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
-
-
-def stratified_split(
-    labels: np.ndarray, held_out: float | int, seed: int, what: str = "held_out"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic stratified split of ``range(len(labels))`` into (kept, held-out).
-
-    Args:
-        labels: ``(N,)`` class labels.
-        held_out: Fraction in (0, 1) or count of samples to hold out.
-        seed: Seed of the split.
-        what: The setting being applied, for the error message.
-
-    Returns:
-        Two sorted, disjoint index arrays that together cover ``range(N)``.
-
-    Raises:
-        ValueError: If the split cannot be stratified (too few samples per class).
-    """
-    from sklearn.model_selection import train_test_split
-
-    indices = np.arange(len(labels))
-    try:
-        kept, held = train_test_split(
-            indices, test_size=held_out, stratify=labels, random_state=seed % (2**32)
-        )
-    except ValueError as exc:
-        raise ValueError(f"{what}={held_out}: cannot split {len(labels)} samples stratified "
-                         f"by class ({str(exc).splitlines()[0]})") from None
-    return np.sort(kept), np.sort(held)
 
 
 def _check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
@@ -294,15 +278,25 @@ def _given_normalisation(mean: tuple[float, ...], std: tuple[float, ...],
     return torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
 
 
+def _nchw(images: torch.Tensor) -> torch.Tensor:
+    """``images`` with NCHW's own strides. A one-channel array indexed by numpy can come with
+    channels-last strides (numpy leaves a size-1 axis' stride arbitrary); torch then runs every
+    convolution channels-last, whose results differ in the last bits from NCHW's."""
+    n, c, h, w = images.shape
+    if images.stride() == (c * h * w, h * w, w, 1):
+        return images
+    return images.clone(memory_format=torch.contiguous_format)
+
+
 def _resize(x: np.ndarray, size: int) -> torch.Tensor:
     """``(N, C, H, W)`` array -> float32 tensor of ``(N, C, size, size)``, in chunks.
 
     ``uint8`` input is scaled from 0..255 to [0, 1] on the way.
     """
     if x.dtype == np.uint8:
-        images = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
+        images = _nchw(torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0))
     else:
-        images = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        images = _nchw(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
     if images.shape[-2:] == (size, size):
         return images
     # Antialias when shrinking, or bilinear sampling skips pixels and aliases.
@@ -315,6 +309,42 @@ def _resize(x: np.ndarray, size: int) -> torch.Tensor:
     return torch.cat(chunks)
 
 
+def _split_indices(spec: DataSpec, y_train: np.ndarray,
+                   y_test: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Which images every split takes, by index: ``(train, test, n_search)``.
+
+    ``train`` indexes the training source, ``search_train`` (its first ``n_search``) then
+    ``search_val``; ``test`` indexes the official test source, or the training source when
+    there is none (``None``: the whole official test source, in order).
+    """
+    test_idx: np.ndarray | None = None
+    if y_test is None:
+        train_idx, test_idx = stratified_split(
+            y_train, spec.test_fraction, _derived_seed(spec.seed, 0), "test_fraction")
+        y_te = y_train[test_idx]
+    else:
+        train_idx, y_te = np.arange(len(y_train)), y_test
+    y_tr = y_train[train_idx]
+    if spec.max_train_samples is not None and spec.max_train_samples < len(y_tr):
+        _, take = stratified_split(y_tr, spec.max_train_samples,
+                                   _derived_seed(spec.seed, 1), "max_train_samples")
+        train_idx, y_tr = train_idx[take], y_tr[take]
+    if spec.max_test_samples is not None and spec.max_test_samples < len(y_te):
+        _, take = stratified_split(y_te, spec.max_test_samples,
+                                   _derived_seed(spec.seed, 2), "max_test_samples")
+        test_idx = take if test_idx is None else test_idx[take]
+    keep, held = stratified_split(y_tr, spec.search_val_fraction,
+                                  _derived_seed(spec.seed, 3), "search_val_fraction")
+    return train_idx[np.concatenate([keep, held])], test_idx, len(keep)
+
+
+def _statistics(x_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel float64 mean and (population) std of float32 NCHW images; std 0 -> 1."""
+    mean = x_train.double().mean(dim=(0, 2, 3))
+    std = x_train.double().std(dim=(0, 2, 3), unbiased=False)
+    return mean, torch.where(std > 1e-12, std, torch.ones_like(std))
+
+
 def load_data(spec: DataSpec) -> DataSplits:
     """Loads, splits, resizes and normalises the data set described by ``spec``.
 
@@ -325,40 +355,29 @@ def load_data(spec: DataSpec) -> DataSplits:
         raise ValueError(f"DataSpec.name: unknown data set {spec.name!r} "
                          f"(known: {', '.join(sorted(_REGISTRY))})")
     raw = _REGISTRY[spec.name](spec)
+    if "mirror_invariant" in spec.options:  # the user knows their labels: e.g. digits in an .npz
+        mirror = spec.options["mirror_invariant"]
+        if not isinstance(mirror, bool):
+            raise ValueError(f"DataSpec.options: mirror_invariant must be true or false, got {mirror!r}")
+        raw = replace(raw, mirror_invariant=mirror)
+    if isinstance(raw.x_train, StreamedImages):
+        return _streamed_splits(raw, raw.x_train, spec)
     arrays = _checked_arrays(raw, spec.name)
-    if len(arrays) == 2:
-        x_all, y_all = arrays
-        train_idx, test_idx = stratified_split(
-            y_all, spec.test_fraction, _derived_seed(spec.seed, 0), "test_fraction")
-        x_tr, y_tr = x_all[train_idx], y_all[train_idx]
-        x_te, y_te = x_all[test_idx], y_all[test_idx]
-    else:
-        x_tr, y_tr, x_te, y_te = arrays
-    if spec.max_train_samples is not None and spec.max_train_samples < len(y_tr):
-        _, take = stratified_split(y_tr, spec.max_train_samples,
-                                   _derived_seed(spec.seed, 1), "max_train_samples")
-        x_tr, y_tr = x_tr[take], y_tr[take]
-    if spec.max_test_samples is not None and spec.max_test_samples < len(y_te):
-        _, take = stratified_split(y_te, spec.max_test_samples,
-                                   _derived_seed(spec.seed, 2), "max_test_samples")
-        x_te, y_te = x_te[take], y_te[take]
-    keep, held = stratified_split(y_tr, spec.search_val_fraction,
-                                  _derived_seed(spec.seed, 3), "search_val_fraction")
-    order = np.concatenate([keep, held])
-    x_train = _resize(x_tr[order], spec.input_size)
-    y_train = torch.from_numpy(y_tr[order].copy())
+    x_src, y_src = arrays[:2]
+    x_te_src, y_te_src = arrays[2:] if len(arrays) == 4 else arrays
+    train_idx, test_idx, n_search = _split_indices(spec, y_src, arrays[3] if len(arrays) == 4 else None)
+    x_train = _resize(x_src[train_idx], spec.input_size)  # a copy (normalised in place below)
+    y_train = torch.from_numpy(y_src[train_idx])
+    x_te, y_te = (x_te_src, y_te_src) if test_idx is None else (x_te_src[test_idx], y_te_src[test_idx])
     x_test = _resize(x_te, spec.input_size)
     if spec.mean is not None and spec.std is not None:
         mean, std = _given_normalisation(spec.mean, spec.std, x_train.shape[1])
     else:
         # Statistics of the training split only: the test set must not leak into the inputs.
-        mean = x_train.double().mean(dim=(0, 2, 3))
-        std = x_train.double().std(dim=(0, 2, 3), unbiased=False)
-        std = torch.where(std > 1e-12, std, torch.ones_like(std))
+        mean, std = _statistics(x_train)
     scale = (mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1))
     x_train.sub_(scale[0]).div_(scale[1])  # in place: x_train is our own copy
     x_test = (x_test - scale[0]) / scale[1]
-    n_search = len(keep)
     names = raw.class_names or tuple(str(i) for i in range(raw.num_classes))
     return DataSplits(
         name=spec.name,
@@ -368,11 +387,81 @@ def load_data(spec: DataSpec) -> DataSplits:
         search_train=ImageDataset(x_train[:n_search], y_train[:n_search], mirror_invariant=raw.mirror_invariant),
         search_val=TensorDataset(x_train[n_search:], y_train[n_search:]),
         train=ImageDataset(x_train, y_train, mirror_invariant=raw.mirror_invariant),
-        test=TensorDataset(x_test.contiguous(), torch.from_numpy(y_te.copy())),
+        test=TensorDataset(x_test.contiguous(), torch.from_numpy(np.array(y_te))),
         mean=tuple(float(v) for v in mean),
         std=tuple(float(v) for v in std),
         class_names=tuple(names),
     )
+
+
+#: Normalisation statistics of a streamed training split come from at most this many images.
+STATS_SAMPLE = 2048
+#: ... computed exactly as the in-memory path does (one float64 tensor) up to this many bytes.
+_EXACT_STATS_BYTES = 256 * 2**20
+
+
+def _streamed_splits(raw: RawData, source: StreamedImages, spec: DataSpec) -> DataSplits:
+    """:func:`load_data` for a data set kept on disk: the same indices, labels and normalisation
+    as the in-memory path, every split a :class:`StreamedImages`."""
+    test_source = raw.x_test if raw.x_test is not None else source
+    if not isinstance(test_source, StreamedImages) or (raw.x_test is None) != (raw.y_test is None):
+        raise ValueError(f"data set {spec.name!r}: a streamed training split needs a streamed test split (or none)")
+    if raw.num_classes < 1:
+        raise ValueError(f"data set {spec.name!r}: num_classes must be >= 1, got {raw.num_classes!r}")
+    y_src, y_test = np.asarray(raw.y_train, dtype=np.int64), raw.y_test
+    y_te_src = y_src if y_test is None else np.asarray(y_test, dtype=np.int64)
+    for split, images, labels in (("train", source, y_src), ("test", test_source, y_te_src)):
+        if len(images) != len(labels) or len(labels) == 0 or not np.array_equal(images.labels, labels):
+            raise ValueError(f"data set {spec.name!r}: {split} images and labels do not match")
+        _check_labels(labels, raw.num_classes, f"data set {spec.name!r} {split}")
+    train_idx, test_idx, n_search = _split_indices(spec, y_src, None if y_test is None else y_te_src)
+    train = source.subset(train_idx)
+    test = test_source if test_idx is None else test_source.subset(test_idx)
+    channels = source.image_shape[0]
+    if spec.mean is not None and spec.std is not None:
+        mean, std = _given_normalisation(spec.mean, spec.std, channels)
+    else:
+        mean, std = _streamed_statistics(train, spec.seed)
+    train = replace(train.normalised(mean.float().tolist(), std.float().tolist()),
+                    mirror_invariant=raw.mirror_invariant)
+    test = replace(test.normalised(mean.float().tolist(), std.float().tolist()),
+                   mirror_invariant=raw.mirror_invariant)
+    names = raw.class_names or tuple(str(i) for i in range(raw.num_classes))
+    return DataSplits(
+        name=spec.name, num_classes=int(raw.num_classes), in_chans=channels, input_size=spec.input_size,
+        search_train=train.subset(np.arange(n_search)), search_val=train.subset(np.arange(n_search, len(train))),
+        train=train, test=test, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
+        class_names=tuple(names),
+    )
+
+
+def _streamed_statistics(train: StreamedImages, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of a streamed training split, from every image when it has at
+    most :data:`STATS_SAMPLE`, else from a seeded sample of that many (read by its workers).
+
+    Up to ``_EXACT_STATS_BYTES`` of float64 pixels this is :func:`_statistics` on the same
+    tensor as the in-memory path, so the numbers are the same; above, float64 sums over chunks
+    (shifted by the first chunk's mean), equal up to float64 rounding.
+    """
+    sample = train
+    if len(train) > STATS_SAMPLE:
+        rng = np.random.default_rng(_derived_seed(seed, 4))
+        sample = train.subset(np.sort(rng.choice(len(train), STATS_SAMPLE, replace=False)))
+    if len(sample) * math.prod(sample.image_shape) * 8 <= _EXACT_STATS_BYTES:
+        return _statistics(torch.cat(list(sample.pixels())).float().div_(255.0))
+    count, shift = 0, None
+    sums = squares = torch.zeros(sample.image_shape[0], dtype=torch.float64)
+    for chunk in sample.pixels():
+        x = chunk.float().div_(255.0).double()
+        if shift is None:
+            shift = x.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
+        x -= shift
+        sums, squares = sums + x.sum(dim=(0, 2, 3)), squares + x.square().sum(dim=(0, 2, 3))
+        count += x.numel() // x.shape[1]
+    assert shift is not None  # the split is not empty
+    mean = sums / count
+    std = (squares / count - mean.square()).clamp_(min=0).sqrt()
+    return mean + shift.view(-1), torch.where(std > 1e-12, std, torch.ones_like(std))
 
 
 def make_loader(
@@ -396,8 +485,13 @@ def make_loader(
                       num_workers=0, drop_last=drop_last)
 
 
+#: Options every data set takes (handled by :func:`load_data`, not by the data set's loader).
+COMMON_OPTIONS = ("mirror_invariant",)
+
+
 def reject_options(spec: DataSpec, known: Sequence[str] = ()) -> None:
-    """Raises ``ValueError`` if ``spec.options`` has a key not in ``known``."""
+    """Raises ``ValueError`` if ``spec.options`` has a key not in ``known`` (or :data:`COMMON_OPTIONS`)."""
+    known = (*known, *COMMON_OPTIONS)
     unknown = sorted(set(spec.options) - set(known))
     if unknown:
         raise ValueError(f"DataSpec.options: data set {spec.name!r} does not take {unknown} "

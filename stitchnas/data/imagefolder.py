@@ -40,10 +40,34 @@ layouts (no class sub-folders, a class without a readable image, ``train/`` and 
 different classes) raise one-line ``ValueError`` naming the folder.
 
 Decoding runs through a ``torch.utils.data.DataLoader`` with ``num_workers`` = the option
-``workers`` (default 0, in-process), so big folders decode in parallel; the order, and so every
-tensor, is the same for any number of workers. The decoded set is held in memory as ``uint8``
-``(N, C, input_size, input_size)`` like the other data sets (scaled and normalised to float32
-by ``load_data``). Streaming data sets larger than memory is not done yet.
+``workers`` (CLI ``--workers``; default 0, in-process), so big folders decode in parallel; the
+order, and so every tensor, is the same for any number of workers.
+
+In memory or streamed (the option ``stream``: ``true``, ``false`` or ``auto``, the default):
+
+* In memory: the decoded set is held as ``uint8`` ``(N, C, input_size, input_size)`` like the
+  other data sets (scaled and normalised to float32 by ``load_data``).
+* Streamed: only the file list is kept; every split is a
+  :class:`~stitchnas.core.streaming.StreamedImages` whose batches the ``workers`` decode while
+  the device trains (see :mod:`stitchnas.core.streaming`). The splits are made by index as for
+  the in-memory set (the same images for the same seed), and the batches, normalisation and
+  augmentation are the same tensors, so a streamed run gives the in-memory run's results. At
+  load time every file's header is checked instead of decoding it (``Image.open`` and
+  ``verify``, in the workers: the pixels are not decoded, a PNG's chunks are CRC-checked);
+  unreadable files are skipped with the same WARNING line, and the channel count comes from
+  the headers' modes. Damage that only decoding finds (e.g. a JPEG cut short after its headers)
+  raises :class:`~stitchnas.core.streaming.UnreadableImage`, one line naming the file, when a
+  batch meets it. Unless ``DataSpec.mean``/``std`` are given, the normalisation is the training
+  split's per-channel statistics, computed from every training image when there are at most
+  :data:`stitchnas.data.base.STATS_SAMPLE` (2048; then the in-memory statistics, to the last bit
+  up to 256 MiB of float64 pixels, else up to float64 rounding), else from a seeded sample of
+  that many.
+* ``auto`` streams when the float32 tensors of all the files (``N * C * input_size**2 * 4``
+  bytes, ``C`` = the option ``channels``, else 3) would exceed :data:`STREAM_MEMORY_FRACTION`
+  (a quarter) of the memory available when loading (``MemAvailable`` of ``/proc/meminfo``, else
+  ``os.sysconf``); the in-memory load peaks at about 3.5 times those bytes. The choice is logged
+  (INFO ``imagefolder DIR: N image files, streamed from disk by W workers (stream=auto: ...)``);
+  ``run_config.json`` records the options as given.
 """
 
 from __future__ import annotations
@@ -53,24 +77,30 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from stitchnas.core.streaming import StreamedImages
 from stitchnas.data.base import DataSpec, RawData, _is_int, register_dataset, reject_options
 
-__all__ = ["IMG_EXTENSIONS", "decode_image", "looks_like_image_folder"]
+__all__ = ["IMG_EXTENSIONS", "STREAM_MEMORY_FRACTION", "available_memory", "decode_image", "looks_like_image_folder"]
 
 log = logging.getLogger(__name__)
 
 #: torchvision's ``IMG_EXTENSIONS``, matched case-insensitively.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
-_OPTIONS = ("channels", "workers", "center_crop")
+_OPTIONS = ("channels", "workers", "center_crop", "stream")
 _WIDE_GREY = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # integer grey, 0..65535
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _DECODE_BATCH = 32  # images per worker round trip
+_HEADER_BATCH = 256  # files per worker round trip when checking headers
+#: ``stream=auto`` streams when the float32 tensors of every image would take more than this
+#: fraction of the memory available (``load_data`` peaks at about 3.5 times that: the ``uint8``
+#: decode, the float32 splits and a float64 copy for the statistics).
+STREAM_MEMORY_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -78,6 +108,7 @@ class _Options:
     channels: int | None
     workers: int
     center_crop: bool
+    stream: bool | str
 
 
 def _options(spec: DataSpec) -> _Options:
@@ -91,7 +122,10 @@ def _options(spec: DataSpec) -> _Options:
     center_crop = spec.options.get("center_crop", False)
     if not isinstance(center_crop, bool):
         raise ValueError(f"DataSpec.options: imagefolder center_crop must be true or false, got {center_crop!r}")
-    return _Options(None if channels is None else int(channels), int(workers), center_crop)
+    stream = spec.options.get("stream", "auto")
+    if not isinstance(stream, bool) and stream != "auto":
+        raise ValueError(f"DataSpec.options: imagefolder stream must be true, false or auto, got {stream!r}")
+    return _Options(None if channels is None else int(channels), int(workers), center_crop, stream)
 
 
 # -- decoding ----------------------------------------------------------------------------------
@@ -153,6 +187,7 @@ def _reason(path: str, exc: BaseException) -> str:
 
 
 _Decoded = tuple[np.ndarray | None, bool, str]  # (image or None, colour, reason if None)
+_T = TypeVar("_T")
 
 
 class _DecodeSet(Dataset[_Decoded]):
@@ -173,8 +208,111 @@ class _DecodeSet(Dataset[_Decoded]):
         return image, colour, ""
 
 
-def _as_list(batch: list[_Decoded]) -> list[_Decoded]:
+def _as_list(batch: list[_T]) -> list[_T]:
     return batch  # module level, so worker processes can pickle it
+
+
+# -- streaming ---------------------------------------------------------------------------------
+
+def available_memory() -> int | None:
+    """Bytes of memory available now: ``MemAvailable`` of ``/proc/meminfo`` (Linux), else
+    ``os.sysconf`` free pages times the page size; None when neither is known."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _streams(options: _Options, root: Path, count: int, size: int) -> bool:
+    """Whether to stream (the option, or ``auto``'s rule); logs the choice."""
+    need = count * (options.channels or 3) * size * size * 4  # float32, before the channel count is known
+    if options.stream == "auto":
+        available = available_memory()
+        stream = available is not None and need > STREAM_MEMORY_FRACTION * available
+        why = (f"stream=auto: float32 tensors of {need / 2**30:.2f} GiB, "
+               f"{'over' if stream else 'within'} {STREAM_MEMORY_FRACTION:.0%} of the "
+               + ("available memory (unknown)" if available is None else f"{available / 2**30:.2f} GiB available"))
+    else:
+        stream, why = bool(options.stream), f"stream={str(options.stream).lower()}"
+    how = f"streamed from disk by {options.workers} workers" if stream else "decoded into memory"
+    hint = ("; with 0 workers this process decodes every batch (--workers N: N processes decode while "
+            "the device trains)") if stream and options.workers == 0 else ""
+    log.info("imagefolder %s: %d image files, %s (%s)%s", root, count, how, why, hint)
+    return stream
+
+
+def _header(path: str) -> tuple[bool, bool, str]:
+    """(readable, colour mode, reason if not) from the file's header, without decoding pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            colour = Image.getmodebase(image.mode) == "RGB" or image.mode in ("P", "PA")
+            image.verify()  # PNG: reads every chunk and checks its CRC, so a truncated PNG fails here
+    except Exception as exc:  # as _DecodeSet: any failure means the file is skipped
+        return False, False, _reason(path, exc)
+    return True, colour, ""
+
+
+class _HeaderSet(Dataset[tuple[bool, bool, str]]):
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[bool, bool, str]:
+        return _header(self.paths[index])
+
+
+def _check_all(paths: Sequence[str], workers: int) -> tuple[np.ndarray, bool, list[tuple[str, str]]]:
+    """Checks the header of every file (in ``workers`` processes): (readable mask, any colour?, skipped)."""
+    ok = np.zeros(len(paths), dtype=bool)
+    colour = False
+    skipped: list[tuple[str, str]] = []
+    loader: DataLoader[Any] = DataLoader(_HeaderSet(paths), batch_size=_HEADER_BATCH, shuffle=False,
+                                         num_workers=workers, collate_fn=_as_list)
+    index = 0
+    for batch in loader:
+        for readable, is_colour, reason in batch:
+            if readable:
+                ok[index], colour = True, colour or is_colour
+            else:
+                skipped.append((paths[index], reason))
+                log.debug("imagefolder: skipping %s: %s", paths[index], reason)
+            index += 1
+    return ok, colour, skipped
+
+
+@dataclass(frozen=True)
+class _FileReader:
+    """Picklable ``read`` of a streamed image folder: a path (bytes) to ``uint8 (C, size, size)``,
+    decoded as the in-memory path decodes it."""
+
+    size: int
+    channels: int | None  # the option, as decode_image takes it
+    out_channels: int
+    center_crop: bool
+
+    def __call__(self, item: bytes) -> np.ndarray:
+        path = os.fsdecode(bytes(item))
+        try:
+            image, _ = decode_image(path, self.size, self.channels, self.center_crop)
+        except Exception as exc:  # one line naming the file (StreamedImages raises it as UnreadableImage)
+            raise OSError(f"imagefolder {path}: {_reason(path, exc)}") from None
+        if image.shape[0] != self.out_channels:
+            if image.shape[0] != 1:
+                raise OSError(f"imagefolder {path}: a colour image in a set its headers said is grey "
+                              "(set the option channels=1 or channels=3)")
+            image = np.broadcast_to(image, (self.out_channels, *image.shape[1:]))  # grey in a colour set
+        return image
 
 
 # -- the folder layout -------------------------------------------------------------------------
@@ -261,7 +399,11 @@ def _load_imagefolder(spec: DataSpec) -> RawData:
     labels = np.array([c for _, files in scanned for c, per_class in enumerate(files) for _ in per_class],
                       dtype=np.int64)
     split_of = np.repeat(np.arange(len(scanned)), [sum(map(len, files)) for _, files in scanned])
-    images, ok, colour, skipped = _decode_all(paths, spec.input_size, options)
+    stream = _streams(options, root, len(paths), spec.input_size)
+    if stream:
+        ok, colour, skipped = _check_all(paths, options.workers)
+    else:
+        images, ok, colour, skipped = _decode_all(paths, spec.input_size, options)
     if skipped:
         path, reason = skipped[0]
         log.warning("imagefolder %s: skipped %d unreadable files (first: %s: %s)",
@@ -271,6 +413,10 @@ def _load_imagefolder(spec: DataSpec) -> RawData:
         for c in np.flatnonzero(readable == 0):
             raise ValueError(f"imagefolder {folder / names[c]}: class {names[c]!r} has no readable image "
                              f"(all {len(files[c])} image files are unreadable)")
+    if stream:
+        kept_split = split_of[ok] if len(scanned) == 2 else None
+        return _streamed(spec, options, root, [p for p, good in zip(paths, ok) if good], labels[ok], kept_split,
+                         colour, tuple(classes))
     if options.channels is None and not colour:
         images = np.ascontiguousarray(images[:, :1])  # an all-grey set: one channel
     kept_labels, kept_split = labels[ok], split_of[ok]
@@ -310,6 +456,22 @@ def _decode_all(
                 kept += 1
             index += 1
     return images[:kept], ok, colour, skipped
+
+
+def _streamed(spec: DataSpec, options: _Options, root: Path, paths: list[str], labels: np.ndarray,
+              split_of: np.ndarray | None, colour: bool, classes: tuple[str, ...]) -> RawData:
+    """The readable files as :class:`StreamedImages` (``load_data`` splits them by index)."""
+    channels = options.channels or (3 if colour else 1)
+    source = StreamedImages(
+        items=np.array([os.fsencode(p) for p in paths]), labels=labels,
+        read=_FileReader(spec.input_size, options.channels, channels, options.center_crop),
+        image_shape=(channels, spec.input_size, spec.input_size), workers=options.workers)
+    log.info("imagefolder %s: %d images, %d classes, %d channels", root, len(paths), len(classes), channels)
+    if split_of is None:  # one folder: load_data holds out the test split
+        return RawData(source, labels, num_classes=len(classes), class_names=classes)
+    train, test = np.flatnonzero(split_of == 0), np.flatnonzero(split_of == 1)
+    return RawData(source.subset(train), labels[train], num_classes=len(classes),
+                   x_test=source.subset(test), y_test=labels[test], class_names=classes)
 
 
 # overwrite=True: re-importing this module (e.g. importlib.reload) must not fail.

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,22 @@ from torch import nn
 
 from searchspace.pooling import PoolingSpace
 from stitchnas.core.io import ResultsTable, atomic_write_text
+from stitchnas.core.prefix import DEFAULT_PREFIX_BUDGET
 from stitchnas.data import DataSplits
 from stitchnas.methods.pooling import PoolingMethod, PoolingSearchConfig, PoolingTask, SupernetTrainer, train_supernet
-from stitchnas.search.candidates import CandidateEvaluator, CandidateTask, Score, compact
+from stitchnas.search.candidates import (
+    CandidateEvaluator,
+    CandidateTask,
+    PrefixScorer,
+    Score,
+    ShippedSplit,
+    ship_split,
+    unship_split,
+)
 from supernet.bms import MixtureConfig, MixtureOfSuperNets
 from supernet.evaluation import EvalConfig, evaluate_path
 from supernet.networks import ModelSpec
+from supernet.shared_prefix import score_placements
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +94,7 @@ class MixtureTask(PoolingTask):
             mixture_cfg=mixture.cfg.to_json(), eval_cfg=self.eval_cfg.to_json(),
             weights={k: v.detach().cpu().clone() for k, v in mixture.state_dict().items()},
             selected=dict(mixture.selected), all_pairs=scores_all_pairs(mixture),
-            calib=tuple(compact(t) for t in self.data.search_train.tensors),
-            val=tuple(compact(t) for t in self.data.search_val.tensors),
+            calib=ship_split(self.data.search_train), val=ship_split(self.data.search_val),
         )
 
     def on_scored(self, index: int, extra: dict[str, Any]) -> None:
@@ -98,7 +107,8 @@ class MixtureTask(PoolingTask):
 
 @dataclass(frozen=True)
 class MixtureEvaluator(CandidateEvaluator):
-    """Plain data that rebuilds the trained mixture and scores a placement on it."""
+    """Plain data that rebuilds the trained mixture and scores a placement on it; several
+    placements are scored per supernet with each shared prefix computed once per batch."""
 
     key: str
     space: dict[str, Any]
@@ -108,18 +118,18 @@ class MixtureEvaluator(CandidateEvaluator):
     weights: dict[str, torch.Tensor]
     selected: dict[int, int]
     all_pairs: bool
-    calib: tuple[torch.Tensor, ...]
-    val: tuple[torch.Tensor, ...]
+    calib: ShippedSplit  # tensors, or a split streamed from disk
+    val: ShippedSplit
+    prefix_budget: int = DEFAULT_PREFIX_BUDGET
 
-    def prepare(self, device: str) -> Callable[[int], float | Score]:
+    def prepare(self, device: str) -> PrefixScorer:
         space = PoolingSpace.from_json(self.space)
         mixture_cfg = MixtureConfig.from_json(self.mixture_cfg, "mixture evaluator")
         mixture = MixtureOfSuperNets(space, ModelSpec(*self.spec), mixture_cfg)
         mixture.load_state_dict(self.weights)
         mixture.selected.update(self.selected)
         eval_cfg = EvalConfig.from_json({**self.eval_cfg, "device": device}, "mixture evaluator")
-        calib = torch.utils.data.TensorDataset(*self.calib)
-        val = torch.utils.data.TensorDataset(*self.val)
+        calib, val = unship_split(self.calib), unship_split(self.val)
 
         def on_member(index: int, member: int) -> float:
             mixture.selected[index] = member  # set_active() follows the selection
@@ -131,7 +141,31 @@ class MixtureEvaluator(CandidateEvaluator):
             accs = [on_member(index, j) for j in range(mixture.num_supernets)]
             return Score(max(accs), {"accs": accs})
 
-        return score
+        def many(indices: Sequence[int]) -> dict[int, float | Score]:
+            # the same (candidate, supernet) pairs as score(), each supernet's placements in one
+            # shared-prefix pass (supernet.shared_prefix.score_placements)
+            every = range(mixture.num_supernets)
+            pairs = [(i, j) for i in dict.fromkeys(indices)
+                     for j in (every if self.all_pairs else [mixture.member_of(space.config(i))])]
+            accs: dict[tuple[int, int], float | None] = {}
+            for member in sorted({j for _, j in pairs}):
+                mine = [i for i, j in pairs if j == member]
+                found, report = score_placements(mixture.supernet(member), [space.config(i) for i in mine], calib,
+                                                 val, eval_cfg, self.prefix_budget)
+                log.info("supernet %d: %s", member, report.describe())
+                accs.update({(i, member): acc for i, acc in zip(mine, found)})
+            for i, j in pairs:
+                mixture.selected[i] = j  # as on_member() leaves it
+            out: dict[int, float | Score] = {}
+            for i in dict.fromkeys(indices):
+                row = [accs[i, j] for j in (every if self.all_pairs else [mixture.member_of(space.config(i))])]
+                if any(a is None for a in row):
+                    continue  # scored alone by the caller, which reports the non-finite logits
+                done = [a for a in row if a is not None]
+                out[i] = Score(max(done), {"accs": done}) if self.all_pairs else done[0]
+            return out
+
+        return PrefixScorer(score, many)
 
 
 class MixtureMethod(PoolingMethod):

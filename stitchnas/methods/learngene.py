@@ -2,8 +2,9 @@
 2024, arXiv 2312.05743) in two resumable run folders, like ``anchors train`` then
 ``stitch train``, so one distillation serves several pools (e.g. the init ablation):
 
-1. **Distillation run** (:func:`run_distill`): a trained teacher (an anchor file) distilled
-   into auxiliary students. Files: ``run_config.json``, ``distill.pt`` (epoch checkpoints,
+1. **Distillation run** (:func:`run_distill`): a trained teacher (an anchor file: a ViT, or a
+   ResNet such as a timm ``resnet18/34/50`` checkpoint adapted to the data) distilled into
+   auxiliary students. Files: ``run_config.json``, ``distill.pt`` (epoch checkpoints,
    removed when done), ``learngene.pt`` (students + transformation matrices, a plain state
    dict) and ``learngene.json`` (teacher, student configs, matched blocks, accuracies, FLOPs,
    parameters, the weights' SHA-256).
@@ -24,6 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,7 @@ from torch import nn
 
 from stitching.anchors import AnchorRef, check_anchor_data, load_anchors
 from stitching.flops import anchor_flops
-from stitching.learngene import LearngeneDistiller, build_pool, init_stitches_from_matrices
+from stitching.learngene import LearngeneDistiller, build_pool, check_teacher_kind, init_stitches_from_matrices
 from stitching.learngene_train import DEFAULT_FINETUNE, DistillConfig, build_distiller, distill_students, finetune_pool
 from stitching.snnet import AnchorModel, SNNet
 from stitching.trainer import StitchTrainConfig
@@ -70,7 +72,12 @@ INITS: tuple[str, ...] = ("matrices", "least_squares")
 # --------------------------------------------------------------------------- configs
 @dataclass(frozen=True)
 class LearngeneDistillRunConfig:
-    """Stage 1: the teacher (a trained ViT anchor on disk), the data and the distillation."""
+    """Stage 1: the teacher (a trained ViT or ResNet anchor on disk), the data and the distillation.
+
+    Raises:
+        ValueError: A teacher of another kind (one line naming its file and kind), or students
+            and matched blocks that do not fit it.
+    """
 
     teacher: AnchorRef
     distill: DistillConfig
@@ -83,6 +90,7 @@ class LearngeneDistillRunConfig:
         bs = self.eval_batch_size
         if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
             raise ValueError(f"learngene distill run 'eval_batch_size': expected an int >= 1, got {bs!r}")
+        check_teacher_kind(dict(self.teacher.config), self.teacher.path)  # a ViT or a ResNet anchor
         self.distill.check(dict(self.teacher.config))  # students and matched blocks fit the teacher
 
     def to_json(self) -> dict[str, Any]:
@@ -99,7 +107,10 @@ class LearngenePoolConfig:
 
     ``students`` names the pool's instances (default: the narrowest and the widest student,
     as the official code). ``init`` is ``"matrices"`` (Learngene Pool) or ``"least_squares"``
-    (SN-Net's, on ``init_samples`` images of ``search_train``).
+    (SN-Net's, on ``init_samples`` images of ``search_train``). With ResNet students,
+    ``"matrices"`` leaves the layers no matched pair defines (a stage without one; a
+    bottleneck student's block 0 entered at its stem width) to the least-squares init
+    (:mod:`stitching.learngene_cnn`).
     """
 
     distill_run: str
@@ -146,7 +157,13 @@ class DistillOutcome:
 
 # --------------------------------------------------------------------------- stage 1
 def load_teacher(ref: AnchorRef, data: DataSplits) -> AnchorModel:
-    teacher = load_anchors([ref])[0]
+    """The frozen teacher in eval mode. A checkpoint of another class count gets a fresh head
+    (:mod:`stitching.checkpoint`); it is drawn from a generator seeded by the file's SHA-256,
+    leaving torch's global RNG as it was, so the distillation and the pool (and every resume)
+    see the same teacher."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(zlib.crc32(ref.sha256.encode()))
+        teacher = load_anchors([ref])[0]
     check_anchor_data([teacher], [ref.name], data)
     return teacher.eval()
 
@@ -236,9 +253,9 @@ def pool_indices(distiller: LearngeneDistiller, names: tuple[str, ...]) -> list[
         if len(set(idx)) != len(idx):
             raise ValueError(f"learngene pool 'students': expected distinct names, got {list(names)}")
     else:
-        order = sorted(range(len(distiller.specs)), key=lambda i: (distiller.specs[i].embed_dim, i))
+        order = sorted(range(len(distiller.specs)), key=lambda i: (distiller.specs[i].width, i))
         idx = [order[0], order[-1]] if len(order) > 1 else order
-    return sorted(idx, key=lambda i: (distiller.specs[i].embed_dim, distiller.specs[i].depth))
+    return sorted(idx, key=lambda i: (distiller.specs[i].width, distiller.specs[i].depth))
 
 
 def build_learngene_pool(cfg: LearngenePoolConfig, distiller: LearngeneDistiller, data: DataSplits) -> SNNet:
@@ -247,7 +264,11 @@ def build_learngene_pool(cfg: LearngenePoolConfig, distiller: LearngeneDistiller
     students = [copy.deepcopy(distiller.student(i)) for i in idx]
     pool = build_pool(students, [distiller.specs[i].name for i in idx], cfg.kernel_size, cfg.stride)
     if cfg.init == "matrices":
-        init_stitches_from_matrices(pool, [distiller.student_matrices(i) for i in idx])
+        left = init_stitches_from_matrices(pool, [distiller.student_matrices(i) for i in idx])
+        if left:  # ResNet students only: layers no matched pair defines (stitching.learngene_cnn)
+            log.info("learngene pool: %d stitching layers without matrices take the least-squares init: %s",
+                     len(left), ", ".join(left))
+            pool.init_stitching_layers(init_batch(data, cfg.init_samples, cfg.finetune.seed), only=left)
     else:
         pool.init_stitching_layers(init_batch(data, cfg.init_samples, cfg.finetune.seed))
     return pool.eval()

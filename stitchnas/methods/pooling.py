@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -26,16 +26,26 @@ from stitchnas.core import records
 from stitchnas.core.checkpoints import load_checkpoint_weights
 from stitchnas.core.evaluation import accuracy
 from stitchnas.core.io import file_sha256
+from stitchnas.core.prefix import DEFAULT_PREFIX_BUDGET
 from stitchnas.core.records import OWN_JSON, Provenance, data_fields
 from stitchnas.core.runs import prepare_run_dir
 from stitchnas.data import DataSpec, DataSplits, load_data
-from stitchnas.search.candidates import CandidateEvaluator, CandidateTask, compact
+from stitchnas.search.candidates import (
+    CandidateEvaluator,
+    CandidateTask,
+    PrefixScorer,
+    Score,
+    ShippedSplit,
+    ship_split,
+    unship_split,
+)
 from stitchnas.search.export import export_model
 from stitchnas.search.pipeline import HV_REFERENCES, SearchMethod, TrainContext
 from supernet.bms import MixtureConfig, MixtureOfSuperNets, train_mixture
 from supernet.evaluation import EvalConfig, evaluate_path, prepare_path
 from supernet.flops import pooling_flops, pooling_params
 from supernet.networks import ModelSpec, PoolingSuperNet, build_supernet
+from supernet.shared_prefix import score_placements
 from supernet.training import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -182,8 +192,7 @@ class PoolingTask(CandidateTask):
             key=uuid.uuid4().hex, space=self.space.to_json(),
             spec=(self.data.in_chans, self.data.num_classes), eval_cfg=self.eval_cfg.to_json(),
             weights={k: v.detach().cpu().clone() for k, v in self.supernet.state_dict().items()},
-            calib=tuple(compact(t) for t in self.data.search_train.tensors),
-            val=tuple(compact(t) for t in self.data.search_val.tensors),
+            calib=ship_split(self.data.search_train), val=ship_split(self.data.search_val),
         )
 
     def distributions(self) -> dict[str, Any]:
@@ -200,24 +209,33 @@ class PoolingTask(CandidateTask):
 @dataclass(frozen=True)
 class PoolingEvaluator(CandidateEvaluator):
     """Plain data that rebuilds the trained supernet and scores a placement on it, with
-    BatchNorm handled per configuration as ``eval_cfg`` says."""
+    BatchNorm handled per configuration as ``eval_cfg`` says. Several placements are scored
+    with each shared prefix computed once per batch (:func:`supernet.shared_prefix.score_placements`),
+    keeping at most ``prefix_budget`` bytes of activations per pass."""
 
     key: str
     space: dict[str, Any]
     spec: tuple[int, int]  # (in_chans, num_classes)
     eval_cfg: dict[str, Any]
     weights: dict[str, torch.Tensor]
-    calib: tuple[torch.Tensor, ...]
-    val: tuple[torch.Tensor, ...]
+    calib: ShippedSplit  # tensors, or a split streamed from disk
+    val: ShippedSplit
+    prefix_budget: int = DEFAULT_PREFIX_BUDGET
 
-    def prepare(self, device: str) -> Callable[[int], float]:
+    def prepare(self, device: str) -> PrefixScorer:
         space = PoolingSpace.from_json(self.space)
         supernet = build_supernet(space, ModelSpec(*self.spec))
         supernet.load_state_dict(self.weights)
         eval_cfg = EvalConfig.from_json({**self.eval_cfg, "device": device}, "pooling evaluator")
-        calib = torch.utils.data.TensorDataset(*self.calib)
-        val = torch.utils.data.TensorDataset(*self.val)
-        return lambda index: evaluate_path(supernet, space.config(index), calib, val, eval_cfg)
+        calib, val = unship_split(self.calib), unship_split(self.val)
+
+        def many(indices: Sequence[int]) -> dict[int, float | Score]:
+            accs, report = score_placements(supernet, [space.config(i) for i in indices], calib, val, eval_cfg,
+                                            self.prefix_budget)
+            log.info("%s", report.describe())
+            return {i: acc for i, acc in zip(indices, accs) if acc is not None}
+
+        return PrefixScorer(lambda index: evaluate_path(supernet, space.config(index), calib, val, eval_cfg), many)
 
 
 def optuna_distributions(space: PoolingSpace) -> dict[str, Any]:
@@ -256,11 +274,16 @@ def export_pooling_candidate(
 
     BatchNorm statistics are always re-estimated for the exported path (deployment runs in
     eval mode, whatever mode the search scored with). The recorded accuracies are measured on
-    the exported module itself, so ``load_model`` reproduces them exactly.
+    the exported module itself, so ``load_model`` reproduces them exactly. When the search
+    scored with ``bn_mode="recalibrate"``, its score *was* this module's ``search_val``
+    accuracy (the same re-calibration and forward pass, :func:`supernet.evaluation.evaluate_path`),
+    so ``val_acc`` is taken from ``search_val_acc`` instead of being measured twice.
     """
     model = prepare_path(supernet, config, data.search_train, replace(cfg.eval, bn_mode="recalibrate"))
-    return _export_pooling_model(folder, model, space, config, data, cfg.eval, provenance,
-                                 {"search_val_acc": search_val_acc})
+    metrics: dict[str, Any] = {"search_val_acc": search_val_acc}
+    if cfg.eval.bn_mode == "recalibrate" and search_val_acc is not None:
+        metrics["val_acc"] = search_val_acc
+    return _export_pooling_model(folder, model, space, config, data, cfg.eval, provenance, metrics)
 
 
 def _export_pooling_model(folder: Path, model: nn.Module, space: PoolingSpace, config: PoolingConfig,
@@ -268,7 +291,7 @@ def _export_pooling_model(folder: Path, model: nn.Module, space: PoolingSpace, c
                           extra_metrics: dict[str, Any], val_is_held_out: bool = True) -> Path:
     metrics = {k: v for k, v in extra_metrics.items() if v is not None}
     # A model trained on the full training split has seen search_val: no validation figure then.
-    if val_is_held_out:
+    if val_is_held_out and "val_acc" not in metrics:
         metrics["val_acc"] = accuracy(model, data.search_val, eval_cfg.batch_size, eval_cfg.device)
     metrics["test_acc"] = accuracy(model, data.test, eval_cfg.batch_size, eval_cfg.device)
     body = {

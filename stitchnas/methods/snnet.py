@@ -25,7 +25,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
@@ -39,16 +39,26 @@ from searchspace.stitch_v2 import ROUTE_TYPES, RouteType, StitchSpaceV2
 from stitching.anchors import AnchorRef, check_anchor_data, load_anchors_with_reports
 from stitching.flops import flops_table
 from stitching.lowrank import LowRankStitchingLayer
+from stitching.shared_prefix import score_routes
 from stitching.snnet import SNNet, anchor_space, build_anchor, check_compatible, stitched_model_config
 from stitching.trainer import SamplingConfig, StitchTrainConfig, train_network
 from stitchnas.core import records
 from stitchnas.core.checkpoints import load_checkpoint_weights
 from stitchnas.core.evaluation import accuracy
 from stitchnas.core.io import file_sha256
+from stitchnas.core.prefix import DEFAULT_PREFIX_BUDGET
 from stitchnas.core.records import AnchorDigest, Provenance, data_fields
-from stitchnas.core.training import TrainHistory, epoch_generator
+from stitchnas.core.training import TrainHistory, epoch_generator, split_images
 from stitchnas.data import DataSpec, DataSplits, load_data
-from stitchnas.search.candidates import CandidateEvaluator, CandidateTask, compact
+from stitchnas.search.candidates import (
+    CandidateEvaluator,
+    CandidateTask,
+    PrefixScorer,
+    Score,
+    ShippedSplit,
+    ship_split,
+    unship_split,
+)
 from stitchnas.search.export import export_model
 from stitchnas.search.pipeline import HV_REFERENCES, SearchConfig, SearchMethod, TrainContext
 
@@ -77,6 +87,10 @@ class StitchSearchConfig:
     was given (``None``: the version's default); the ``stitched_anchors``,
     ``effective_route_types``, ``effective_sampling`` and ``effective_lora_rank`` properties
     resolve them, and ``to_json`` records the resolved values.
+
+    ``reset_head`` gives every anchor a freshly initialised head even when its checkpoint's class
+    count matches the data's (same count, other classes); fresh heads train at the stitching
+    layers' learning rate, not the anchors'.
     """
 
     anchors: tuple[AnchorRef, ...]
@@ -93,6 +107,7 @@ class StitchSearchConfig:
     sampling: SamplingConfig | None = None
     lora_rank: int | None = None
     hv_reference: str = "evaluated"  # see stitchnas.search.pipeline.HV_REFERENCES
+    reset_head: bool = False
 
     json_kind: ClassVar[str] = "stitch_search"
     json_keep_none: ClassVar[bool] = True  # v1 writes "route_types": null
@@ -130,6 +145,8 @@ class StitchSearchConfig:
                 )
         if self.sampling is not None and not isinstance(self.sampling, SamplingConfig):
             raise ValueError(f"stitch search 'sampling': expected a SamplingConfig, got {self.sampling!r}")
+        if not isinstance(self.reset_head, bool):
+            raise ValueError(f"stitch search 'reset_head': expected a bool, got {self.reset_head!r}")
         rank = self.lora_rank
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
             raise ValueError(f"stitch search 'lora_rank': expected an int >= 0 (0: plain stitching layers), "
@@ -175,7 +192,8 @@ class StitchSearchConfig:
     @classmethod
     def from_json(cls, data: Any, where: str = "run config") -> StitchSearchConfig:
         """Strict decoding; run folders written before SN-Netv2 was wired have no ``version``,
-        ``route_types``, ``sampling`` or ``lora_rank`` (SN-Net's defaults), nor ``hv_reference``."""
+        ``route_types``, ``sampling`` or ``lora_rank`` (SN-Net's defaults), nor ``hv_reference``
+        or ``reset_head`` (False)."""
         return records.from_json(cls, data, where)
 
 
@@ -185,12 +203,14 @@ def build_snnet(cfg: StitchSearchConfig, data: DataSplits, weights: bool = True)
     (the caller loads a checkpoint instead). Raises ValueError for unstitchable anchors or data,
     or a low-rank ``lora_rank`` larger than a stitching layer's widths."""
     if weights:
-        anchors, reports = load_anchors_with_reports(cfg.stitched_anchors)
+        anchors, reports = load_anchors_with_reports(cfg.stitched_anchors, reset_head=cfg.reset_head)
         for ref, report in zip(cfg.stitched_anchors, reports):
             for line in report.describe():
                 log.info("anchor %s: %s", ref.name, line)
+        new_heads = tuple(report.head is not None for report in reports)
     else:
         anchors = [build_anchor(dict(a.config)) for a in cfg.stitched_anchors]
+        new_heads = (False,) * len(anchors)  # not trained further (the caller loads a checkpoint)
     names = [a.name for a in cfg.stitched_anchors]
     family = anchors[0].config["family"]
     if cfg.version == "v2":
@@ -209,11 +229,15 @@ def build_snnet(cfg: StitchSearchConfig, data: DataSplits, weights: bool = True)
     rank = cfg.effective_lora_rank
     factory = functools.partial(LowRankStitchingLayer, rank=rank) if rank else None
     snnet = SNNet(anchors, space, layer_factory=factory)
+    snnet.new_heads = new_heads
+    if any(new_heads):
+        log.info("fresh heads of %s train at the stitching layers' learning rate (not the anchors')",
+                 [n for n, new in zip(names, new_heads) if new])
     check_anchor_data(anchors, names, data)
     return snnet
 
 
-def anchor_adaptations(refs: Sequence[AnchorRef]) -> tuple[str, ...] | None:
+def anchor_adaptations(refs: Sequence[AnchorRef], reset_head: bool = False) -> tuple[str, ...] | None:
     """What loading each anchor's checkpoint adapts to the data (a new head, adapted input
     channels, resized position embeddings), one line each, for an export's provenance; None
     when every checkpoint loads unchanged (or a file is gone since the run)."""
@@ -224,7 +248,7 @@ def anchor_adaptations(refs: Sequence[AnchorRef]) -> tuple[str, ...] | None:
     for ref in refs:
         if not Path(ref.path).is_file():
             return None
-        report = load_checkpoint(build_anchor(dict(ref.config)), ref.path)
+        report = load_checkpoint(build_anchor(dict(ref.config)), ref.path, reset_head=reset_head)
         lines += [f"{ref.name}: {line}" for line in report.describe()]
     return tuple(lines) or None
 
@@ -237,9 +261,8 @@ def training_sampler(cfg: StitchSearchConfig, snnet: SNNet) -> ConfigSampler:
 
 def init_batch(data: DataSplits, num_samples: int, seed: int) -> torch.Tensor:
     """The seeded batch of ``search_train`` images the least-squares init uses."""
-    x = data.search_train.tensors[0]
-    order = torch.randperm(len(x), generator=epoch_generator(seed, 0, _INIT_STREAM))
-    return x[order[:num_samples]]
+    order = torch.randperm(len(data.search_train), generator=epoch_generator(seed, 0, _INIT_STREAM))
+    return split_images(data.search_train, order[:num_samples])
 
 
 def initialised_snnet(cfg: StitchSearchConfig, data: DataSplits) -> SNNet:
@@ -292,17 +315,21 @@ class StitchTask(CandidateTask):
 
     def evaluator(self) -> StitchEvaluator:
         return StitchEvaluator(key=uuid.uuid4().hex, network=self.snnet, batch_size=self.batch_size,
-                               val=tuple(compact(t) for t in self.data.search_val.tensors))
+                               val=ship_split(self.data.search_val))
 
 
 @dataclass(frozen=True)
 class StitchEvaluator(CandidateEvaluator):
-    """The stitched network itself (pickled whole for Ray workers) and the ``search_val`` tensors."""
+    """The stitched network itself (pickled whole for Ray workers) and the ``search_val`` tensors.
+    Several configurations are scored with each shared prefix computed once per batch
+    (:func:`stitching.shared_prefix.score_routes`), keeping at most ``prefix_budget`` bytes of
+    activations."""
 
     key: str
     network: SNNet
-    val: tuple[torch.Tensor, ...]
+    val: ShippedSplit  # tensors, or a split streamed from disk
     batch_size: int
+    prefix_budget: int = DEFAULT_PREFIX_BUDGET
 
     def __getstate__(self) -> dict[str, Any]:
         # Shipped to a Ray worker: always a CPU copy (the worker may have no GPU); in process the
@@ -312,15 +339,20 @@ class StitchEvaluator(CandidateEvaluator):
             network = copy.deepcopy(network).cpu()
         return {**self.__dict__, "network": network}
 
-    def prepare(self, device: str) -> Callable[[int], float]:
+    def prepare(self, device: str) -> PrefixScorer:
         network = self.network.eval()
-        val = torch.utils.data.TensorDataset(*self.val)
+        val = unship_split(self.val)
 
         def score(index: int) -> float:
             network.set_active(index)
             return accuracy(network, val, self.batch_size, device)
 
-        return score
+        def many(indices: Sequence[int]) -> dict[int, float | Score]:
+            accs, report = score_routes(network, indices, val, self.batch_size, device, self.prefix_budget)
+            log.info("%s", report.describe())
+            return {i: acc for i, acc in zip(indices, accs) if acc is not None}
+
+        return PrefixScorer(score, many)
 
 
 # --------------------------------------------------------------------------- export
@@ -500,7 +532,7 @@ class SNNetMethod(StitchedNetworkMethod):
         return Provenance(source="snnetv2" if self.cfg.version == "v2" else "snnet", run_dir=str(run.resolve()),
                           checkpoint_sha256=file_sha256(run / SNNET_CHECKPOINT),
                           anchors=tuple(AnchorDigest(a.name, a.sha256) for a in self.cfg.stitched_anchors),
-                          anchor_adaptations=anchor_adaptations(self.cfg.stitched_anchors),
+                          anchor_adaptations=anchor_adaptations(self.cfg.stitched_anchors, self.cfg.reset_head),
                           **data_fields(self.cfg.data))
 
     def parse_candidate(self, network: nn.Module, text: int | str) -> int:

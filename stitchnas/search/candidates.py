@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from tqdm.auto import tqdm
 
@@ -30,6 +30,8 @@ from stitchnas.core.io import ResultsTable
 
 if TYPE_CHECKING:
     import torch
+
+    from stitchnas.core.training import ImageSplit, StreamSource
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,45 @@ class Score:
 
 Scorer = Callable[[int], "float | Score"]
 
+#: Candidates :func:`score_candidates` hands to a :class:`PrefixScorer` at once: rows are written
+#: (and a resume picks up) after each group, in the candidates' order.
+SHARED_CHUNK = 128
+
+
+class PrefixScorer:
+    """A scorer that can also score several candidates in one pass, computing each prefix they
+    share once per batch (see :mod:`stitchnas.core.prefix`), with the same scores as one at a time.
+
+    Args:
+        one: ``index -> score``, one candidate alone (also what reports a candidate's error).
+        many: ``indices -> {index: score}`` for the candidates it could score; a candidate it
+            leaves out (e.g. non-finite logits) is scored alone by the caller, which reports its error.
+    """
+
+    def __init__(self, one: Callable[[int], float | Score],
+                 many: Callable[[Sequence[int]], dict[int, float | Score]]) -> None:
+        self.one, self.many = one, many
+
+    def __call__(self, index: int) -> float | Score:
+        return self.one(index)
+
+    def score_many(self, indices: Sequence[int]) -> dict[int, float | Score]:
+        return self.many(indices)
+
+
+def score_together(score: Scorer, indices: Sequence[int]) -> dict[int, float | Score]:
+    """The scores of ``indices`` that ``score`` computes in one shared pass (a :class:`PrefixScorer`);
+    ``{}`` for a plain scorer, fewer than two candidates, or a shared pass that raised one of
+    :data:`CANDIDATE_ERRORS` (logged): each missing candidate is then scored alone."""
+    if not isinstance(score, PrefixScorer) or len(set(indices)) < 2:
+        return {}
+    try:
+        return score.score_many(indices)
+    except CANDIDATE_ERRORS as err:
+        log.warning("shared-prefix scoring of %d candidates failed (%s: %s); scoring them one by one",
+                    len(indices), type(err).__name__, err)
+        return {}
+
 
 def split_score(result: float | Score) -> tuple[float, dict[str, Any] | None]:
     """``(val_acc, extra or None)`` of what a scorer returned."""
@@ -74,7 +115,8 @@ class CandidateEvaluator(ABC):
 
     @abstractmethod
     def prepare(self, device: str) -> Scorer:
-        """Build the model on ``device`` and return ``index -> accuracy in percent``."""
+        """Build the model on ``device`` and return ``index -> accuracy in percent`` (a
+        :class:`PrefixScorer` where several candidates can share their prefixes' work)."""
 
 
 @dataclass(frozen=True)
@@ -189,8 +231,9 @@ def clear_results(out_dir: Path, results_file: str) -> None:
 
 
 def evaluate_in_process(job: CandidateJob) -> None:
-    """Score every candidate of ``job`` not yet in its table, one after another, in this
-    process; a failing candidate gets a ``failed`` row and the search goes on."""
+    """Score every candidate of ``job`` not yet in its table in this process (shared prefixes
+    once per batch where the scorer can, :func:`score_candidates`), writing rows in ``job``'s
+    order; a failing candidate gets a ``failed`` row and the search goes on."""
     todo = pending(job.table, job.candidates)
     if todo:  # a finished (resumed) job builds no model
         score_candidates(job.table, job.task, todo, job.task.evaluator().prepare(job.device), job.progress)
@@ -236,22 +279,40 @@ def pending(table: ResultsTable, candidates: Sequence[int]) -> list[int]:
 
 
 def score_candidates(table: ResultsTable, task: CandidateTask, candidates: Sequence[int], score: Scorer,
-                     progress: bool = True) -> None:
-    """Score each candidate and append its row; one that raises a :data:`CANDIDATE_ERRORS`
-    error gets a ``failed`` row with the error, and the rest go on."""
-    for index in tqdm(candidates, desc="candidates", unit="cand", disable=not progress, leave=False):
-        row = task.row(index)
+                     progress: bool = True, chunk: int = SHARED_CHUNK) -> None:
+    """Score each candidate and append its row, in ``candidates`` order; one that raises a
+    :data:`CANDIDATE_ERRORS` error gets a ``failed`` row with the error, and the rest go on.
+
+    A :class:`PrefixScorer` scores ``chunk`` candidates at a time in one shared pass; their rows
+    follow together, each with the pass's time split evenly in ``seconds``."""
+    bar = tqdm(total=len(candidates), desc="candidates", unit="cand", disable=not progress, leave=False)
+    for first in range(0, len(candidates), max(1, chunk)):
+        part = candidates[first:first + max(1, chunk)]
         start = time.perf_counter()
-        try:
-            val_acc, extra = split_score(score(index))
-            if extra is not None:
-                task.on_scored(index, extra)
-            row.update(val_acc=val_acc, status="ok", error="")
-        except CANDIDATE_ERRORS as err:
-            row.update(val_acc=float("nan"), status="failed", error=f"{type(err).__name__}: {err}")
-            log.warning("candidate %s failed: %s", row["label"], row["error"])
-        row["seconds"] = round(time.perf_counter() - start, 4)
-        table.append(row)
+        shared = score_together(score, part)
+        each = (time.perf_counter() - start) / len(part) if shared else 0.0
+        for index in part:
+            _score_row(table, task, index, score, shared, each)
+            bar.update()
+    bar.close()
+
+
+def _score_row(table: ResultsTable, task: CandidateTask, index: int, score: Scorer,
+               shared: dict[int, float | Score], shared_seconds: float) -> None:
+    row = task.row(index)
+    start = time.perf_counter()
+    if index in shared:
+        start -= shared_seconds
+    try:
+        val_acc, extra = split_score(shared[index] if index in shared else score(index))
+        if extra is not None:
+            task.on_scored(index, extra)
+        row.update(val_acc=val_acc, status="ok", error="")
+    except CANDIDATE_ERRORS as err:
+        row.update(val_acc=float("nan"), status="failed", error=f"{type(err).__name__}: {err}")
+        log.warning("candidate %s failed: %s", row["label"], row["error"])
+    row["seconds"] = round(time.perf_counter() - start, 4)
+    table.append(row)
 
 
 def compact(tensor: torch.Tensor) -> torch.Tensor:
@@ -262,9 +323,30 @@ def compact(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach()
 
 
+#: A data split as a candidate evaluator carries it (:func:`ship_split`).
+ShippedSplit: TypeAlias = "tuple[torch.Tensor, ...] | StreamSource"
+
+
+def ship_split(split: ImageSplit) -> ShippedSplit:
+    """What a candidate evaluator carries of a data split (pickled to Ray trials): its tensors
+    (:func:`compact`), or a split streamed from disk itself (file paths, not images; the trials
+    must see the same files)."""
+    tensors = getattr(split, "tensors", None)
+    if tensors is not None:
+        return tuple(compact(t) for t in tensors)
+    return split  # type: ignore[return-value]  # not a TensorDataset: a StreamSource
+
+
+def unship_split(shipped: ShippedSplit) -> ImageSplit:
+    """The split :func:`ship_split` packed, as loops take it."""
+    import torch
+
+    return torch.utils.data.TensorDataset(*shipped) if isinstance(shipped, tuple) else shipped
+
+
 __all__: Sequence[str] = [
     "CANDIDATE_ERRORS", "CandidateEvaluator", "CandidateJob", "CandidateTask", "EvaluationBackend",
     "LookupEvaluator", "SEARCH_STATE_FILE", "SEARCH_SUMMARY_FILE", "Score", "Scorer", "check_results", "clear_results",
-    "compact",
+    "compact", "ShippedSplit", "ship_split", "unship_split",
     "evaluate_in_process", "pending", "score_candidates", "split_score",
 ]

@@ -31,7 +31,7 @@ from torch import nn
 
 from stitchnas.core.io import ResultsTable
 from stitchnas.core.records import RESULT_COLUMNS, Provenance, ResultRow
-from stitchnas.core.runs import RUN_CONFIG, prepare_run_dir
+from stitchnas.core.runs import RUN_CONFIG, prepare_run_dir, run_options
 from stitchnas.data import DataSplits
 from stitchnas.search.candidates import (
     CandidateJob,
@@ -269,7 +269,7 @@ def _claim(method: SearchMethod, out_dir: str | Path, resume: bool) -> Path:
             normalised = rebuilt.run_config()
         except ValueError:
             normalised = None
-        if normalised == current and previous != current:
+        if normalised == current and run_options(previous) != current:
             log.info("run config %s: written by an older version; resuming with today's defaults", path)
             return prepare_run_dir(out_dir, previous, resume)
     return prepare_run_dir(out_dir, current, resume)
