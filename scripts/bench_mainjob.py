@@ -63,7 +63,7 @@ def run_job(threads: int | None, out: Path, source: Path | None = None) -> float
     cmd = [sys.executable, "-c", "import sys; from stitchnas.cli import main; sys.exit(main())",
            "search", "pooling", "--out", str(out), "--no-progress"]
     if threads is not None:
-        cmd[3:3] = ["--threads", str(threads)]
+        cmd += ["--threads", str(threads)]  # an option of the command, after its name
     env = dict(os.environ)
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)

@@ -134,21 +134,23 @@ def main() -> None:
         for name in order if r % 2 == 0 else order[::-1]:
             for busy in [b for b in ((False, True) if r % 2 == 0 else (True, False)) if b in args.modes]:
                 child_setting, env = settings[name]
-                result = measure(env, child_setting if child_setting in ("default", "policy") else name, busy, args)
+                result = measure(env, child_setting, busy, args)
                 medians.setdefault((name, busy), []).append(result["median_ms"])
                 described[name] = result["policy"]
-                print(f"  round {r + 1} {name:<10} {'busy ' if busy else 'quiet'} median {result['median_ms']:8.1f} ms, "
-                      f"fastest tenth {result['p10_ms']:7.1f} ms ({result['steps']} steps, "
-                      f"CPU {result['cpu_ms']:.0f} ms/step)", flush=True)
+                mode = "busy " if busy else "quiet"
+                print(f"  round {r + 1} {name:<10} {mode} median {result['median_ms']:8.1f} ms, fastest tenth "
+                      f"{result['p10_ms']:7.1f} ms ({result['steps']} steps, CPU {result['cpu_ms']:.0f} ms/step)",
+                      flush=True)
     print(f"end: {pressure()}")
     med = {k: statistics.median(v) for k, v in medians.items()}
     print("\nsetting      quiet ms   busy ms   busy/quiet   quiet/default-quiet")
+    default_quiet = med[("default", False)]
     for name in settings:
         q, b = med[(name, False)], med.get((name, True), math.nan)
-        print(f"{name:<10} {q:10.1f} {b:9.1f} {b / q:10.2f}x {q / med[('default', False)]:14.2f}x   ({described[name]})")
+        print(f"{name:<10} {q:10.1f} {b:9.1f} {b / q:10.2f}x {q / default_quiet:14.2f}x   ({described[name]})")
     q, b = med[("policy", False)], med.get(("policy", True), math.nan)
     print(f"\npolicy busy / policy quiet: {b / q:.2f}x (target <= 2.5)")
-    print(f"policy quiet / default quiet: {q / med[('default', False)]:.2f}x (target <= 1.10)")
+    print(f"policy quiet / default quiet: {q / default_quiet:.2f}x (target <= 1.10)")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,14 @@ The policy:
   (``os.sched_getaffinity``), capped by the cgroup CPU quota (v2 ``cpu.max``, v1
   ``cpu.cfs_quota_us / cpu.cfs_period_us``, the tightest along the cgroup's path; ``floor``, at
   least 1).
-* **How idle threads wait** (:data:`WAIT_ENV`): a short spin, then sleep. ``GOMP_SPINCOUNT``
-  bounds libgomp's spin (torch's runtime on Linux); ``KMP_BLOCKTIME`` (milliseconds) does the
-  same for LLVM/Intel OpenMP (torch on macOS); each runtime ignores the other's variable. The
-  user's own ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` is left as it is.
+* **How idle threads wait** (:data:`WAIT_ENV`): a short spin, then sleep:
+  ``GOMP_SPINCOUNT=3000`` bounds libgomp's spin (torch's OpenMP on Linux) to tens of
+  microseconds instead of milliseconds. A thread whose partner was preempted then gives its
+  CPU back instead of burning its time slice, while on a quiet machine the next parallel region
+  still finds it awake. ``OMP_WAIT_POLICY=PASSIVE`` (no spin) and one thread cost 1.5-1.9x on a
+  quiet machine; see ``scripts/bench_threads.py`` and BENCHMARKS.md ("Threads"). The user's own
+  ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` (LLVM/Intel OpenMP, torch on
+  macOS, which ignores ``GOMP_SPINCOUNT``) is left as it is.
   The wait policy never changes results; the thread count changes them in the last bits (a
   reduction splits differently), so runs with the same count give identical numbers and the
   count is recorded in ``run_config.json``.
@@ -50,9 +54,10 @@ log = logging.getLogger(__name__)
 #: Where a policy's thread count came from.
 SOURCES = ("--threads", "ray", "env OMP_NUM_THREADS", "cgroup", "affinity", "torch")
 
-#: The wait policy :func:`apply` sets when the user set none: spin about 0.1 ms (libgomp's
-#: estimate is 100,000 spins per ms) instead of libgomp's default 300,000 spins, then sleep.
-#: See scripts/bench_threads.py and BENCHMARKS.md for the measurements behind the value.
+#: The wait policy :func:`apply` sets when the user set none: 3,000 spins (about 75 us at the
+#: 25 ns a ``pause`` takes on our AMD EPYC VMs) instead of libgomp's default 300,000, then sleep.
+#: Measured (scripts/bench_threads.py): 1,000 loses 15-20% on a quiet machine, 10,000 spins
+#: erratically (100-800 ms steps) beside busy processes.
 WAIT_ENV: Mapping[str, str] = {"GOMP_SPINCOUNT": "3000"}
 #: Any of these set by the user means the user chose the wait policy.
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
