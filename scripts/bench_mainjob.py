@@ -68,7 +68,9 @@ def run_job(threads: int | None, out: Path, source: Path | None = None) -> float
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    # cwd: out's parent, never a source tree (``python -c`` puts the working directory first on
+    # sys.path, ahead of PYTHONPATH: run from this checkout, ``source`` would be ignored).
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=out.parent)
     return time.perf_counter() - start
 
 

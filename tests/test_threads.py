@@ -27,11 +27,14 @@ TINY = ["--epochs", "1", "--input-size", "8", "--width-scale", "0.25",
 
 @pytest.fixture
 def machine(monkeypatch):
-    """A fake machine: ``machine(cpus=4, quota=None, ray=None)`` sets what the readers return."""
-    def set_machine(cpus: int = 4, quota: float | None = None, ray: float | None = None) -> None:
+    """A fake machine: ``machine(cpus=4, quota=None, ray=None, idle=None)`` sets what the readers
+    return (``idle``: CPUs other processes leave idle; None: all of them)."""
+    def set_machine(cpus: int = 4, quota: float | None = None, ray: float | None = None,
+                    idle: float | None = None) -> None:
         monkeypatch.setattr(threads, "affinity_cpus", lambda: cpus)
         monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: quota)
         monkeypatch.setattr(threads, "ray_assigned_cpus", lambda: ray)
+        monkeypatch.setattr(threads, "idle_cpus", lambda: float(cpus) if idle is None else idle)
 
     return set_machine
 
@@ -65,6 +68,30 @@ def test_the_order_of_the_sources(machine):
     env = threads.choose_threads(environ={"OMP_NUM_THREADS": "3"})
     assert (env.num_threads, env.source) == (3, "env OMP_NUM_THREADS")
     assert threads.choose_threads(environ={"OMP_NUM_THREADS": "zero"}).source == "cgroup"  # not a count
+
+
+@pytest.mark.parametrize("idle, expected", [(0.1, 1), (1.4, 1), (1.6, 2), (3.0, 3), (9.0, 4)])
+def test_cpus_busy_with_other_processes_cap_the_count(machine, idle, expected):
+    machine(cpus=4, idle=idle)
+    policy = threads.choose_threads(environ={})
+    assert policy.num_threads == expected
+    assert policy.source == ("affinity" if expected == 4 else "idle CPUs")
+    machine(cpus=4, quota=3.0, idle=idle)
+    assert threads.choose_threads(environ={}).num_threads == min(3, expected)
+    # an explicit count is never capped
+    assert threads.choose_threads(4, environ={}).num_threads == 4
+    assert threads.choose_threads(environ={"OMP_NUM_THREADS": "4"}).num_threads == 4
+
+
+def test_idle_cpus_reads_proc_stat(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    lines = iter(["cpu  100 0 100 800 0 0 0 0 0 0\n", "cpu  250 0 250 900 0 0 0 0 0 0\n"])
+    monkeypatch.setattr(threads.Path, "read_text", lambda self: next(lines))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    # 300 busy of 400 jiffies: a quarter of 2 CPUs idle
+    assert threads.idle_cpus(0.0, stat) == pytest.approx(0.5)
+    monkeypatch.setattr(threads.Path, "read_text", lambda self: "garbage")
+    assert threads.idle_cpus(0.0, stat) is None
 
 
 def test_a_ray_worker_with_a_fraction_of_a_cpu_gets_one_thread(machine):

@@ -15,7 +15,11 @@ The policy:
   exported; else the CPUs this process may run on: its affinity mask
   (``os.sched_getaffinity``), capped by the cgroup CPU quota (v2 ``cpu.max``, v1
   ``cpu.cfs_quota_us / cpu.cfs_period_us``, the tightest along the cgroup's path; ``floor``, at
-  least 1).
+  least 1), and then capped by the CPUs other processes leave idle when the command starts
+  (:func:`idle_cpus`, 0.1 s of ``/proc/stat``; rounded, at least 1; source ``"idle CPUs"``):
+  beside CPU-bound jobs a second thread mostly waits at barriers for a descheduled partner.
+  The count is chosen once; ``--threads`` pins it (runs on machines under different load may
+  otherwise use other counts, which changes results in the last bits; the count is recorded).
 * **How idle threads wait** (:data:`WAIT_ENV`): a short spin, then sleep:
   ``GOMP_SPINCOUNT=3000`` bounds libgomp's spin (torch's OpenMP on Linux) to tens of
   microseconds instead of milliseconds. A thread whose partner was preempted then gives its
@@ -52,7 +56,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 #: Where a policy's thread count came from.
-SOURCES = ("--threads", "ray", "env OMP_NUM_THREADS", "cgroup", "affinity", "torch")
+SOURCES = ("--threads", "ray", "env OMP_NUM_THREADS", "cgroup", "affinity", "idle CPUs", "torch")
 
 #: The wait policy :func:`apply` sets when the user set none: 3,000 spins (about 75 us at the
 #: 25 ns a ``pause`` takes on our AMD EPYC VMs) instead of libgomp's default 300,000, then sleep.
@@ -201,6 +205,34 @@ def ray_assigned_cpus() -> float | None:
         return None
 
 
+def _cpu_times(stat: Path) -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from ``/proc/stat``'s first line; None if unreadable."""
+    try:
+        fields = [int(v) for v in stat.read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return total - idle, total
+
+
+def idle_cpus(seconds: float = 0.1, stat: Path = Path("/proc/stat")) -> float | None:
+    """CPUs of the machine left idle by every other process, sampled over ``seconds`` from
+    ``/proc/stat`` (None where there is no such file, e.g. macOS): 2.0 on a quiet 2-CPU machine,
+    about 0 beside two CPU-bound processes."""
+    import time
+
+    before = _cpu_times(stat)
+    time.sleep(seconds)
+    after = _cpu_times(stat)
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return (os.cpu_count() or 1) * (1.0 - busy / total)
+
+
 def _env_threads(environ: Mapping[str, str]) -> int | None:
     text = environ.get("OMP_NUM_THREADS", "").strip()
     return int(text) if text.isdigit() and int(text) >= 1 else None
@@ -241,6 +273,12 @@ def choose_threads(requested: int | None = None, environ: Mapping[str, str] | No
         n, source = max(1, math.floor(quota)), "cgroup"
     else:
         n, source = cpus, "affinity"
+    if source in ("cgroup", "affinity") and n > 1:
+        # Threads beyond the CPUs other processes leave idle wait at every barrier for a partner
+        # that is descheduled: on a busy machine fewer threads are faster (BENCHMARKS.md, Threads).
+        idle = idle_cpus()
+        if idle is not None and round(idle) < n:
+            n, source = max(1, round(idle)), "idle CPUs"
     return ThreadPolicy(n, source, cpus, quota, wait_env, wait_policy)
 
 
@@ -318,6 +356,7 @@ __all__ = [
     "apply",
     "cgroup_cpu_quota",
     "choose_threads",
+    "idle_cpus",
     "configure",
     "current",
     "parse_threads",
