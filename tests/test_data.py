@@ -490,3 +490,20 @@ def test_cli_records_data_dir_as_an_absolute_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = argparse.Namespace(dataset="npz", data_dir="sub/x.npz", input_size=8, seed=0, data_option=[], workers=None)
     assert data_spec_from_args(args).data_dir == str(tmp_path / "sub" / "x.npz")
+
+
+def test_a_run_recorded_with_a_relative_data_dir_resumes_with_the_absolute_one(tmp_path, monkeypatch):
+    """Run folders written before --data-dir was recorded absolute hold the path as given."""
+    import json
+
+    from stitchnas.core.runs import prepare_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    old = {"kind": "k", "data": {"name": "npz", "data_dir": "sub/x.npz"}}
+    prepare_run_dir(tmp_path / "run", old, resume=False)
+    now = {"kind": "k", "data": {"name": "npz", "data_dir": str(tmp_path / "sub" / "x.npz")}}
+    assert prepare_run_dir(tmp_path / "run", now, resume=True) == tmp_path / "run"
+    assert json.loads((tmp_path / "run" / "run_config.json").read_text())["data"]["data_dir"] == "sub/x.npz"
+    other = {"kind": "k", "data": {"name": "npz", "data_dir": str(tmp_path / "other.npz")}}
+    with pytest.raises(ValueError, match=r"differing: \['data'\]"):
+        prepare_run_dir(tmp_path / "run", other, resume=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,15 @@ def _check_threads(out: Path, previous: dict[str, Any], now: threads.ThreadPolic
                     now.num_threads, before)
 
 
+def _absolute_data_dir(options: dict[str, Any]) -> dict[str, Any]:
+    """Runs written before the command line recorded ``--data-dir`` as an absolute path hold it as
+    given: resolve it from the working directory of the resume, as the original run did."""
+    data = options.get("data")
+    if isinstance(data, dict) and isinstance(data.get("data_dir"), str) and not os.path.isabs(data["data_dir"]):
+        return {**options, "data": {**data, "data_dir": os.path.abspath(os.path.expanduser(data["data_dir"]))}}
+    return options
+
+
 def prepare_run_dir(out_dir: str | Path, run_config: dict[str, Any], resume: bool) -> Path:
     """Create or reopen ``out_dir`` for a run described by ``run_config`` (its options; the
     thread policy in force is recorded beside them, see the module docstring)."""
@@ -61,7 +71,7 @@ def prepare_run_dir(out_dir: str | Path, run_config: dict[str, Any], resume: boo
         if not isinstance(previous, dict):
             raise ValueError(f"run config {config_path}: expected a JSON object, got {type(previous).__name__}")
         # Compare through JSON so tuples and lists of the same values are equal.
-        options = run_options(previous)
+        options = _absolute_data_dir(run_options(previous))
         if json.loads(json.dumps(options)) != json.loads(json.dumps(run_config)):
             changed = sorted(k for k in set(options) | set(run_config) if options.get(k) != run_config.get(k))
             raise ValueError(
