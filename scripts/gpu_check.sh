@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 14, in one go, on a machine with a CUDA GPU (about 5 minutes on one):
+# The GPU check of issue 14, in one go, on a machine with a CUDA GPU (meant to finish well inside ten minutes; never run yet):
 # the CUDA tests, the GPU step / throughput / memory figures, and the README's main job on the
 # GPU, timed. Everything it prints goes to ${OUT:-gpu_check}/ too. Needs the project installed
 # with a CUDA build of torch (README, "Install torch first").

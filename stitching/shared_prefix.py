@@ -20,7 +20,7 @@ from torch import nn
 
 from searchspace.stitch import StitchConfig
 from stitching.snnet import SNNet
-from stitchnas.core.evaluation import accuracy_percent, count_correct
+from stitchnas.core.evaluation import AccuracyTally
 from stitchnas.core.prefix import DEFAULT_PREFIX_BUDGET, PrefixNode, PrefixReport, PrefixStats, PrefixTrie
 from stitchnas.core.training import ImageSplit, autocast, batches_for, resolve_device
 
@@ -81,24 +81,14 @@ def score_routes(
         return snnet.anchor(anchor).forward_norm_head(x)
 
     n = len(resolved)
-    correct = [torch.zeros((), dtype=torch.long, device=device) for _ in range(n)]
-    bad = [torch.zeros((), dtype=torch.long, device=device) for _ in range(n)]
-    labels = [torch.zeros(0, dtype=torch.long)]  # the current batch's
-
-    def finish(i: int, logits: torch.Tensor) -> None:
-        ok, nonfinite = count_correct(logits, labels[0])
-        correct[i] += ok
-        bad[i] += nonfinite
-
+    tally = AccuracyTally(n, device)
     stats = PrefixStats(budget=budget)
     batches = batches_for(val_data, device)
     for x, y in batches.iterate(batch_size):
-        labels[0] = y
+        tally.labels = y
         with autocast(device, amp):
-            trie.run(x, forward, finish, stats=stats)
-    accs: list[float | None] = [None if int(b) else accuracy_percent(int(c), 0, len(batches))
-                                for c, b in zip(correct, bad)]
-    return accs, PrefixReport(n, trie.num_steps, trie.path_steps, stats)
+            trie.run(x, forward, tally.add, stats=stats)
+    return tally.percents(len(batches)), PrefixReport(n, trie.num_steps, trie.path_steps, stats)
 
 
 __all__ = ["route_steps", "score_routes"]

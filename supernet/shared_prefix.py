@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from searchspace.pooling import PoolingConfig, PoolingSpace
-from stitchnas.core.evaluation import _batchnorms, accuracy_percent, batch_statistics, count_correct
+from stitchnas.core.evaluation import AccuracyTally, _batchnorms, batch_statistics
 from stitchnas.core.prefix import (
     DEFAULT_PREFIX_BUDGET,
     PrefixNode,
@@ -139,9 +139,7 @@ def score_placements(
         work.eval()
 
     n = len(configs)
-    correct = [torch.zeros((), dtype=torch.long, device=device) for _ in range(n)]
-    bad = [torch.zeros((), dtype=torch.long, device=device) for _ in range(n)]
-    labels = [torch.zeros(0, dtype=torch.long)]  # the current batch's
+    tally = AccuracyTally(n, device)
 
     def forward(node: PrefixNode, x: torch.Tensor, replay: bool) -> torch.Tensor:
         if is_head(node):
@@ -151,23 +149,17 @@ def score_placements(
             _bind(bns, states[node.id])
         return m(x)
 
-    def finish(i: int, logits: torch.Tensor) -> None:
-        ok, nonfinite = count_correct(logits, labels[0])
-        correct[i] += ok
-        bad[i] += nonfinite
-
     val_stats = PrefixStats(budget=budget)
     batches = batches_for(val_data, device)
     with batch_statistics(work) if cfg.bn_mode == "batch" else nullcontext():
         for x, y in batches.iterate(cfg.batch_size):
-            labels[0] = y
+            tally.labels = y
             with autocast(device, True):  # as accuracy() scores: bf16 on CUDA
-                trie.run(x, forward, finish, stats=val_stats)
+                trie.run(x, forward, tally.add, stats=val_stats)
     if states_out is not None:
         for i in range(len(configs)):
             states_out[i] = _named_state(work, trie.leaf[i], states)
-    accs: list[float | None] = [None if int(b) else accuracy_percent(int(c), 0, len(batches))
-                                for c, b in zip(correct, bad)]
+    accs = tally.percents(len(batches))
     state_bytes = sum(tensor_bytes(t) for s in states.values() for bn in s for t in bn)
     report = PrefixReport(n, trie.num_steps, trie.path_steps, val_stats, calib_stats, state_bytes)
     return accs, report

@@ -507,3 +507,12 @@ def test_a_run_recorded_with_a_relative_data_dir_resumes_with_the_absolute_one(t
     other = {"kind": "k", "data": {"name": "npz", "data_dir": str(tmp_path / "other.npz")}}
     with pytest.raises(ValueError, match=r"differing: \['data'\]"):
         prepare_run_dir(tmp_path / "run", other, resume=True)
+
+
+def test_a_relative_data_dir_given_through_the_api_resumes(tmp_path, monkeypatch):
+    from stitchnas.core.runs import prepare_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    config = {"kind": "k", "data": {"name": "npz", "data_dir": "sub/x.npz"}}
+    prepare_run_dir(tmp_path / "run", config, resume=False)
+    assert prepare_run_dir(tmp_path / "run", config, resume=True) == tmp_path / "run"

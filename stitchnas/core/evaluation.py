@@ -48,6 +48,30 @@ def accuracy(model: nn.Module, data: ImageSplit, batch_size: int = 256,
     return accuracy_percent(correct, bad, len(batches))
 
 
+class AccuracyTally:
+    """Top-1 hits and non-finite rows of ``n`` candidates scored on the same batches, kept as
+    device tensors (no host sync per batch); what :func:`accuracy` counts, for many networks.
+
+    Set :attr:`labels` to the current batch's ``(N,)`` labels, :meth:`add` each candidate's
+    ``(N, num_classes)`` logits, then :meth:`percents` once at the end.
+    """
+
+    def __init__(self, n: int, device: torch.device) -> None:
+        self.correct = [torch.zeros((), dtype=torch.long, device=device) for _ in range(n)]
+        self.bad = [torch.zeros((), dtype=torch.long, device=device) for _ in range(n)]
+        self.labels = torch.zeros(0, dtype=torch.long)
+
+    def add(self, i: int, logits: torch.Tensor) -> None:
+        ok, nonfinite = count_correct(logits, self.labels)
+        self.correct[i] += ok
+        self.bad[i] += nonfinite
+
+    def percents(self, total: int) -> list[float | None]:
+        """Accuracy in percent of each candidate over ``total`` images; None where a logit was
+        NaN or infinite (:func:`accuracy` raises :class:`NonFiniteOutput` there)."""
+        return [None if int(b) else accuracy_percent(int(c), 0, total) for c, b in zip(self.correct, self.bad)]
+
+
 def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-1 hits and rows with a NaN or infinite logit in one batch, as 0-dim int64 tensors
     (on the logits' device: no host sync).

@@ -43,8 +43,9 @@ def _check_threads(out: Path, previous: dict[str, Any], now: threads.ThreadPolic
 
 
 def _absolute_data_dir(options: dict[str, Any]) -> dict[str, Any]:
-    """Runs written before the command line recorded ``--data-dir`` as an absolute path hold it as
-    given: resolve it from the working directory of the resume, as the original run did."""
+    """``options`` with a relative ``data.data_dir`` resolved from the working directory, as the
+    loader resolves it: runs written before the command line recorded ``--data-dir`` absolute,
+    and Python callers, may hold it as given; resume compares the files, not the spelling."""
     data = options.get("data")
     if isinstance(data, dict) and isinstance(data.get("data_dir"), str) and not os.path.isabs(data["data_dir"]):
         return {**options, "data": {**data, "data_dir": os.path.abspath(os.path.expanduser(data["data_dir"]))}}
@@ -71,9 +72,9 @@ def prepare_run_dir(out_dir: str | Path, run_config: dict[str, Any], resume: boo
         if not isinstance(previous, dict):
             raise ValueError(f"run config {config_path}: expected a JSON object, got {type(previous).__name__}")
         # Compare through JSON so tuples and lists of the same values are equal.
-        options = _absolute_data_dir(run_options(previous))
-        if json.loads(json.dumps(options)) != json.loads(json.dumps(run_config)):
-            changed = sorted(k for k in set(options) | set(run_config) if options.get(k) != run_config.get(k))
+        options, current = _absolute_data_dir(run_options(previous)), _absolute_data_dir(run_config)
+        if json.loads(json.dumps(options)) != json.loads(json.dumps(current)):
+            changed = sorted(k for k in set(options) | set(current) if options.get(k) != current.get(k))
             raise ValueError(
                 f"output folder {out}: --resume needs the options of the original run; differing: {changed}"
             )

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from stitchnas.core.training import augment_batch, resolve_augment
+from stitchnas.core.training import augment_batch, count_batches, resolve_augment
 
 __all__ = ["StreamedBatches", "StreamedImages", "UnreadableImage"]
 
@@ -216,8 +216,7 @@ class StreamedBatches:
         return len(self.y)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
-        n = len(self)
-        return n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
+        return count_batches(len(self), batch_size, drop_last)
 
     def iterate(
         self, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = False,

@@ -48,6 +48,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,8 +223,6 @@ def idle_cpus(seconds: float = 0.1, stat: Path = Path("/proc/stat")) -> float | 
     """CPUs of the machine left idle by every other process, sampled over ``seconds`` from
     ``/proc/stat`` (None where there is no such file, e.g. macOS): 2.0 on a quiet 2-CPU machine,
     about 0 beside two CPU-bound processes."""
-    import time
-
     before = _cpu_times(stat)
     time.sleep(seconds)
     after = _cpu_times(stat)

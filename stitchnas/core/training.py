@@ -218,6 +218,12 @@ def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator | None,
     return (_crop_flip(x, generator, flip) if kind in ("crop_flip", "crop") else _rrc_flip(x, generator, flip))
 
 
+def count_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
+    """Batches of ``batch_size`` in ``n`` items (``drop_last``: full ones only, unless there is
+    not even one, as ``TensorBatches.iterate`` yields them)."""
+    return n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
+
+
 class TensorBatches:
     """Mini-batches of an in-memory ``TensorDataset`` held on the training device.
 
@@ -233,8 +239,7 @@ class TensorBatches:
         return len(self.y)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
-        n = len(self)
-        return n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
+        return count_batches(len(self), batch_size, drop_last)
 
     def iterate(
         self, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = False,
