@@ -1,31 +1,47 @@
-"""Ranking benchmark for pooling search: one supernet (M=1) against BMS mixtures (M=2, 4, ...)
-and the GM-style split, each ranked against standalone ground truth.
+"""Ranking benchmark for pooling search (issues 3 and 15): one supernet (M=1), BMS mixtures
+(M=2, 4, ...) and the GM-style split, each ranked against standalone ground truth, at equal
+total steps and at equal steps per supernet, beside the no-training baselines (FLOPs; the
+FLOPs+params proxy) and each search's rank blend with that proxy.
 
-Every search is an ordinary resumable run folder under ``--out``; rerunning the script skips
-finished work. Ground truth comes from ``stitchnas truth pooling`` folders (``--truth``, one or
-more, e.g. one per seed) made with the same space and data.
+Every search is an ordinary resumable run folder ``--out/e{epochs}/{m|gm}{M}_s{seed}``;
+rerunning the script skips finished work, and a run shared by both protocols (e.g. M=4 at
+4 x 30 = 120 epochs) is trained once. Ground truth comes from ``stitchnas truth pooling``
+folders (``--truth``, one per seed) made with the same space and data.
 
-    python scripts/bench_ranking.py --truth runs/truth_s0 --truth runs/truth_s1 \
-        --ms 1,2,4 --seeds 0,1 --out runs/bench_ranking
+    python scripts/bench_ranking.py --space resnet20_equal_flops --truth runs/eq_s0 --truth runs/eq_s1 \
+        --ms 1,2,4 --gm-m 4 --seeds 0,1 --total-epochs 120 --per-supernet-epochs 30 --out runs/ranking_eq
 
-Prints Kendall tau, Spearman rho, top-3 overlap and regret per (M, seed), their means, the
-paper's CIFAR-10 Kendall tau beside ours, and the BatchNorm-mode comparison for M=1.
+Prints the truth's spread and seed agreement, then per method Kendall tau (per seed), Spearman
+rho, top-5 overlap, regret and budget regret (points) and the search's own seed-to-seed tau;
+``--bn-compare`` adds M=1 scored with per-batch BatchNorm statistics.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 import stitchnas
-from searchspace.pooling import resnet20_space
+from searchspace.pooling import create_space
+from stitchnas.core.io import atomic_write_json
 from stitchnas.data import DataSpec
 from stitchnas.methods.pooling import PoolingSearchConfig
-from stitchnas.studies.report import rank_run
-from stitchnas.studies.truth import seed_noise
+from stitchnas.studies.ranking import (
+    blend,
+    budget_regret,
+    cost_proxy,
+    kendall_tau,
+    regret,
+    spearman_rho,
+    top_k_overlap,
+)
+from stitchnas.studies.report import search_estimates
+from stitchnas.studies.truth import read_truth_rows, seed_noise
 from supernet.bms import MixtureConfig
 from supernet.evaluation import EvalConfig
 from supernet.training import TrainConfig
@@ -35,65 +51,65 @@ from supernet.training import TrainConfig
 PAPER_TAU = {1: 0.142, 2: 0.311, 4: 0.533, 8: 0.530}
 
 
-def search_config(m: int, seed: int, args: argparse.Namespace, grouping: str = "bms", bn_mode: str = "recalibrate") -> PoolingSearchConfig:
+def search_config(m: int, seed: int, epochs: int, args: argparse.Namespace, grouping: str = "bms",
+                  bn_mode: str = "recalibrate") -> PoolingSearchConfig:
     return PoolingSearchConfig(
-        space=resnet20_space(width_scale=args.width_scale),
+        space=create_space(args.space, width_scale=args.width_scale),
         data=DataSpec(name="cluttered_digits", input_size=args.input_size, seed=0,
                       options={"canvas_size": args.input_size, "renders_per_image": 2}),
-        train=TrainConfig(epochs=args.epochs, batch_size=32, lr=0.1, seed=seed, device="cpu"),
+        train=TrainConfig(epochs=epochs, batch_size=32, lr=0.1, seed=seed, device="cpu"),
         eval=EvalConfig(bn_mode=bn_mode, calib_batches=8, seed=seed),
         export_front=False,
         mixture=MixtureConfig(num_supernets=m, t_max=args.t_max, grouping=grouping) if m > 1 else None,
     )
 
 
-def bn_mode_comparison(run: Path, truth_dirs: list[str]) -> tuple[float, float]:
-    """Kendall tau of one trained M=1 supernet scored with per-batch BatchNorm statistics and
-    with re-calibrated statistics (read from the run's own results)."""
+def bn_mode_scores(run: Path, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """One trained M=1 supernet's scores with per-batch BatchNorm statistics (scored here, all
+    placements with shared prefixes) and with re-calibrated statistics (the run's results)."""
     from dataclasses import replace
 
-    from stitchnas.data import load_data
     from stitchnas.core.io import load_checkpoint, read_json
-    from stitchnas.studies.ranking import kendall_tau
-    from stitchnas.studies.report import search_estimates
-    from stitchnas.studies.truth import load_truth
-    from supernet.evaluation import evaluate_path
+    from stitchnas.data import load_data
     from supernet.networks import ModelSpec, build_supernet
+    from supernet.shared_prefix import score_placements
 
     path = run / "run_config.json"
     cfg = PoolingSearchConfig.from_json(read_json(path, "run config"), f"run config {path}")
     data = load_data(cfg.data)
     supernet = build_supernet(cfg.space, ModelSpec(data.in_chans, data.num_classes))
     supernet.load_state_dict(load_checkpoint(run / "supernet.pt")["model"])
-    truth = load_truth(truth_dirs, cfg.space)
+    configs = [cfg.space.config(int(k)) for k in keys]
     batch_cfg = replace(cfg.eval, bn_mode="batch")
-    keys = [str(i) for i in range(len(cfg.space))]
-    batch = [evaluate_path(supernet, cfg.space.config(int(k)), data.search_train, data.search_val, batch_cfg) for k in keys]
+    batch, _ = score_placements(supernet, configs, data.search_train, data.search_val, batch_cfg)
     _, recal = search_estimates(run)
-    truth_values = [truth[k] for k in keys]
-    return kendall_tau(batch, truth_values), kendall_tau([recal[k] for k in keys], truth_values)
+    return np.array(batch, dtype=float), np.array([recal[k] for k in keys])
 
 
-def flops_baseline(truth_dirs: list[str]) -> dict:
-    """The ranking FLOPs alone give (more compute, higher rank) against the ground truth."""
-    from stitchnas.studies.ranking import kendall_tau
-    from stitchnas.studies.truth import read_truth_rows
+def truth_table(truth_dirs: list[str], space) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate keys, mean true accuracy, FLOPs and parameters (per candidate, key order)."""
+    from stitchnas.studies.truth import load_truth
+    from supernet.flops import pooling_params
 
+    truth = load_truth(truth_dirs, space)
     rows = read_truth_rows(truth_dirs)
-    per_config = rows.groupby(["candidate", "label"], as_index=False).agg(acc=("test_acc", "mean"),
-                                                                          flops=("flops", "first"))
-    dearest = per_config.loc[per_config["flops"].idxmax()]
-    return {"kendall_tau": kendall_tau(per_config["flops"].tolist(), per_config["acc"].tolist()),
-            "picked": dearest["label"], "regret": float(per_config["acc"].max() - dearest["acc"])}
+    flops = {str(r.candidate): float(r.flops) for r in rows.itertuples()}
+    keys = sorted(truth, key=int)
+    # the truth table has no parameter column: count them (in_chans 1, 10 classes: the digits)
+    params = [pooling_params(space, 1, 10, space.config(int(k))) for k in keys]
+    return keys, np.array([truth[k] for k in keys]), np.array([flops[k] for k in keys]), np.array(params, float)
+
+
+def metrics(est: np.ndarray, truth: np.ndarray, flops: np.ndarray) -> dict[str, float]:
+    return {"kendall_tau": kendall_tau(est, truth), "spearman_rho": spearman_rho(est, truth),
+            "top_5_overlap": top_k_overlap(est, truth, 5), "regret": regret(est, truth),
+            "budget_regret": budget_regret(est, truth, flops)}
 
 
 def search_agreement(folders: list[Path]) -> float:
     """Mean Kendall tau between the scores two search seeds of one method give (NaN for one
     seed): how reproducible the method's own ranking is."""
     from itertools import combinations
-
-    from stitchnas.studies.ranking import kendall_tau
-    from stitchnas.studies.report import search_estimates
 
     scores = [search_estimates(f)[1] for f in folders]
     taus = []
@@ -103,92 +119,131 @@ def search_agreement(folders: list[Path]) -> float:
     return statistics.mean(taus) if taus else float("nan")
 
 
+@dataclass(frozen=True)
+class Method:
+    """One search recipe: M supernets (BMS or the GM-style split) trained for ``epochs``."""
+
+    name: str
+    m: int
+    grouping: str
+    epochs: int
+
+    def folder(self, root: Path, seed: int) -> Path:
+        prefix = "gm" if self.grouping == "gm" else "m"
+        return root / f"e{self.epochs}" / f"{prefix}{self.m}_s{seed}"
+
+
+def protocols(args: argparse.Namespace) -> dict[str, list[Method]]:
+    """Equal total steps (every method trains ``--total-epochs``: each of M supernets gets about
+    1/M of the steps) and equal steps per supernet (M supernets train M x
+    ``--per-supernet-epochs``)."""
+    ms = [int(m) for m in args.ms.split(",")]
+
+    def methods(epochs_of) -> list[Method]:
+        out = [Method("M=1" if m == 1 else f"BMS M={m}", m, "bms", epochs_of(m)) for m in ms]
+        if args.gm_m:
+            out.append(Method(f"GM M={args.gm_m}", args.gm_m, "gm", epochs_of(args.gm_m)))
+        return out
+
+    return {"equal total steps": methods(lambda m: args.total_epochs),
+            "equal steps per supernet": methods(lambda m: args.per_supernet_epochs * m)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--truth", action="append", required=True, help="ground-truth folder (repeatable)")
-    parser.add_argument("--ms", default="1,2,4", help="mixture sizes M")
-    parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--gm", action="store_true", help="also run the GM-style split (M: --gm-m)")
-    parser.add_argument("--gm-m", type=int, default=None, help="M of the GM-style split (default: the largest of --ms)")
-    parser.add_argument("--bn-compare", action="store_true", help="also score M=1 with per-batch BatchNorm statistics")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--t-max", type=float, default=100.0)
+    parser.add_argument("--space", default="resnet20", help="pooling space preset (resnet20, resnet20_equal_flops)")
     parser.add_argument("--width-scale", type=float, default=0.5)
     parser.add_argument("--input-size", type=int, default=24)
-    parser.add_argument("--out", default="runs/bench_ranking")
+    parser.add_argument("--ms", default="1,2,4", help="mixture sizes M (BMS; M=1 is one supernet)")
+    parser.add_argument("--gm-m", type=int, default=4, help="M of the GM-style split (0: none)")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--total-epochs", type=int, default=120,
+                        help="equal total steps: every method's epochs (45 steps each)")
+    parser.add_argument("--per-supernet-epochs", type=int, default=30,
+                        help="equal steps per supernet: M supernets train M times this many epochs")
+    parser.add_argument("--t-max", type=float, default=100.0)
+    parser.add_argument("--blend-weight", type=float, default=0.5, help="weight of the no-training proxy in the blend")
+    parser.add_argument("--bn-compare", action="store_true",
+                        help="also score the M=1 supernets with per-batch BatchNorm statistics (needs supernet.pt)")
+    parser.add_argument("--out", default="runs/bench_ranking", help="root folder: e{epochs}/{m|gm}{M}_s{seed}")
     parser.add_argument("--search-only", action="store_true", help="run the searches, skip ranking")
     parser.add_argument("--rank-only", action="store_true",
                         help="rank finished search folders (results.csv) without running or resuming searches")
-    parser.add_argument("--partial-truth", action="store_true",
-                        help="rank on the configurations the ground truth covers (a subset study)")
     args = parser.parse_args()
-    out = Path(args.out)
-    ms = [int(m) for m in args.ms.split(",")]
+    root = Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
+    plan = protocols(args)
+    unique = sorted({m for ms in plan.values() for m in ms}, key=lambda m: (m.epochs * m.m, m.m, m.grouping))
 
-    runs: list[tuple[str, int, int, Path]] = []
-    for m in ms:
+    for method in [] if args.rank_only else unique:  # searches first: they need no ground truth
         for seed in seeds:
-            runs.append((f"M={m}", m, seed, out / f"m{m}_s{seed}"))
-    if args.gm:
-        gm_m = args.gm_m or max(ms)
-        for seed in seeds:
-            runs.append((f"GM M={gm_m}", gm_m, seed, out / f"gm{gm_m}_s{seed}"))
-
-    for name, m, seed, folder in [] if args.rank_only else runs:  # searches first: they need no ground truth
-        grouping = "gm" if name.startswith("GM") else "bms"
-        bn_mode = "batch" if "batch-BN" in name else "recalibrate"
-        cfg = search_config(m, seed, args, grouping, bn_mode)
-        resume = (folder / "run_config.json").exists()
-        print(f"[{name} seed {seed}] {'resuming' if resume else 'running'} in {folder}", flush=True)
-        stitchnas.run_search(cfg, folder, resume=resume, progress=os.isatty(2))
+            folder = method.folder(root, seed)
+            resume = (folder / "run_config.json").exists()
+            state = "resuming" if resume else "running"
+            print(f"[{method.name}, {method.epochs} epochs, seed {seed}] {state} in {folder}", flush=True)
+            cfg = search_config(method.m, seed, method.epochs, args, method.grouping)
+            stitchnas.run_search(cfg, folder, resume=resume, progress=os.isatty(2))
     if args.search_only:
         return
 
+    space = create_space(args.space, width_scale=args.width_scale)
     noise = seed_noise(args.truth)
-    print(f"ground truth ({', '.join(args.truth)}): {noise['configs']} configurations, spread {noise['spread']:.2f} points, "
-          f"mean seed std {noise['mean_seed_std']:.2f}, mean seed range {noise['mean_seed_range']:.2f}, "
-          f"max seed range {noise['max_seed_range']:.2f}; Kendall tau between seeds {noise['seed_kendall_tau']:.3f}")
-    baseline = flops_baseline(args.truth)
-    print(f"baseline without any training, rank by FLOPs: Kendall tau {baseline['kendall_tau']:.3f}, picks "
-          f"{baseline['picked']} (regret {baseline['regret']:.2f} points)")
-    reports: dict[str, list[dict]] = {}
-    for name, m, seed, folder in runs:
-        report = rank_run(folder, args.truth, partial=args.partial_truth)
-        reports.setdefault(name, []).append(report)
-        print(f"[{name} seed {seed}] tau {report['kendall_tau']:.3f}  rho {report['spearman_rho']:.3f}  regret {report['regret']:.2f}  "
-              f"picked {report['best_estimated_label']} (truth {report['truth_of_selected']:.2f}, best {report['truth_best']:.2f})",
-              flush=True)
-
-    print("\nmethod          seeds  Kendall tau    Spearman rho   top-3   regret (points)   paper tau (CIFAR-10)"
-          "   seed-to-seed tau")
-    summary = {}
-    folders: dict[str, list[Path]] = {}
-    for name, _, _, folder in runs:
-        folders.setdefault(name, []).append(folder)
-    for name, rs in reports.items():
-        def mean(key: str) -> float:
-            return statistics.mean(r[key] for r in rs)
-        top3 = mean("top_3_overlap")
-        taus = [r["kendall_tau"] for r in rs]
-        m = int(name.split("=")[1].split()[0])
-        paper = PAPER_TAU.get(m) if name.startswith("M=") and "batch" not in name else None
-        agreement = search_agreement(folders[name])
-        print(f"{name:<15} {len(rs):>5}  {mean('kendall_tau'):.3f} ({min(taus):.2f}..{max(taus):.2f})  {mean('spearman_rho'):.3f}"
-              f"          {top3:.2f}    {mean('regret'):.2f}              {paper if paper is not None else '-':<5}"
-              f"                 {agreement:.3f}")
-        summary[name] = {"kendall_tau": mean("kendall_tau"), "spearman_rho": mean("spearman_rho"),
-                         "top_3_overlap": top3, "regret": mean("regret"), "runs": len(rs),
-                         "seed_to_seed_tau": agreement}
-    if args.bn_compare and 1 in ms:
-        print("\nBatchNorm handling for M=1 (the same trained supernets, scored both ways):")
-        for seed in seeds:
-            batch_tau, recal_tau = bn_mode_comparison(out / f"m1_s{seed}", args.truth)
-            print(f"  seed {seed}: Kendall tau recalibrated {recal_tau:.3f}, per-batch statistics {batch_tau:.3f}")
-            summary.setdefault("bn_modes", []).append({"seed": seed, "recalibrate": recal_tau, "batch": batch_tau})
-    (out / "summary.json").write_text(json.dumps({"noise": noise, "flops_baseline": baseline, "methods": summary},
-                                                 indent=2))
-    print(f"\nsummary: {out / 'summary.json'}")
+    keys, truth, flops, params = truth_table(args.truth, space)
+    print(f"space {space.name}: {len(keys)} placements, FLOPs {flops.min() / 1e6:.3f}-{flops.max() / 1e6:.3f} M "
+          f"(max/min {flops.max() / flops.min():.3f}), parameters {params.min():,.0f}-{params.max():,.0f}")
+    print(f"ground truth ({', '.join(args.truth)}): spread {noise['spread']:.2f} points, mean seed range "
+          f"{noise['mean_seed_range']:.2f}, max seed range {noise['max_seed_range']:.2f}; "
+          f"Kendall tau between seeds {noise['seed_kendall_tau']:.3f}")
+    proxy = cost_proxy(flops, params)
+    baselines = {"FLOPs (no training)": flops, "FLOPs+params proxy (no training)": proxy}
+    summary: dict = {"space": space.name, "noise": noise, "blend_weight": args.blend_weight, "baselines": {},
+                     "protocols": {}}
+    header = (f"{'method':<34} {'epochs':>6} {'Kendall tau (seeds)':>22} {'rho':>6} {'top-5':>6} {'regret':>7} "
+              f"{'budget regret':>13} {'search seed tau':>15}")
+    print("\n" + header)
+    for name, est in baselines.items():
+        r = metrics(est, truth, flops)
+        summary["baselines"][name] = r
+        print(f"{name:<34} {'-':>6} {r['kendall_tau']:>22.3f} {r['spearman_rho']:>6.3f} {r['top_5_overlap']:>6.2f} "
+              f"{r['regret']:>7.2f} {r['budget_regret']:>13.2f} {'-':>15}")
+    for protocol, methods in plan.items():
+        print(f"\n{protocol}:")
+        table = summary["protocols"][protocol] = {}
+        for method in methods:
+            folders = [method.folder(root, seed) for seed in seeds]
+            missing = [str(f) for f in folders if not (f / "results.csv").exists()]
+            if missing:
+                print(f"{method.name:<34} {method.epochs:>6}  not run yet: {', '.join(missing)}")
+                continue
+            for label, rule in ((method.name, None), (f"{method.name} + proxy blend", args.blend_weight)):
+                per_seed = []
+                for folder in folders:
+                    est = search_estimates(folder)[1]
+                    score = np.array([est[k] for k in keys])
+                    per_seed.append(metrics(score if rule is None else blend(score, proxy, rule), truth, flops))
+                mean = {k: statistics.mean(r[k] for r in per_seed) for k in per_seed[0]}
+                taus = ", ".join(f"{r['kendall_tau']:.2f}" for r in per_seed)
+                agreement = search_agreement(folders) if rule is None else float("nan")
+                table[label] = {"epochs": method.epochs, "mean": mean, "seeds": per_seed, "search_seed_tau": agreement}
+                print(f"{label:<34} {method.epochs:>6} {mean['kendall_tau']:>7.3f} ({taus:>12}) "
+                      f"{mean['spearman_rho']:>6.3f} {mean['top_5_overlap']:>6.2f} {mean['regret']:>7.2f} "
+                      f"{mean['budget_regret']:>13.2f} {agreement:>15.3f}", flush=True)
+    if args.bn_compare:
+        print("\nBatchNorm handling, M=1 (the same trained supernets scored both ways; tau / regret):")
+        for method in {m for ms in plan.values() for m in ms if m.m == 1}:
+            for seed in seeds:
+                folder = method.folder(root, seed)
+                batch, recal = bn_mode_scores(folder, keys)
+                rb, rr = metrics(batch, truth, flops), metrics(recal, truth, flops)
+                print(f"  {method.epochs} epochs seed {seed}: re-calibrated {rr['kendall_tau']:.3f} / "
+                      f"{rr['regret']:.2f}, per-batch {rb['kendall_tau']:.3f} / {rb['regret']:.2f}")
+                summary.setdefault("bn_modes", []).append({"epochs": method.epochs, "seed": seed,
+                                                            "recalibrate": rr, "batch": rb})
+    print("\nBMS paper, Kendall tau on CIFAR-10 (equal total steps): "
+          + ", ".join(f"M={m} {tau}" for m, tau in PAPER_TAU.items()))
+    atomic_write_json(root / "summary.json", summary)
+    print(f"\nsummary: {root / 'summary.json'}")
 
 
 if __name__ == "__main__":

@@ -11,3 +11,22 @@ def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     return result, time.perf_counter() - start
+
+
+def machine_state() -> str:
+    """The machine and its load in one line, for a benchmark's header: CPU model, CPUs, load
+    average (1, 5, 15 min) and CPU pressure (PSI ``some``), where ``/proc`` has them."""
+    import os
+    import platform
+    from pathlib import Path
+
+    model = platform.processor() or platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next((" ".join(line.partition(":")[2].split()) for line in lines if line.startswith("model name")), model)
+    except OSError:
+        pass
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
+    psi = Path("/proc/pressure/cpu")
+    some = psi.read_text().splitlines()[0].replace("some ", "") if psi.exists() else "n/a"
+    return f"{model}, {os.cpu_count()} CPUs, load average {load}, CPU pressure (PSI some) {some}"

@@ -64,6 +64,14 @@ class PoolingSpace:
         first_position: the first layer that may receive a downsampling; layers before it form
             the non-empty first stage. 1 means "any block after the stem".
         default: the conventional placement (e.g. ResNet-20's [4, 3, 3]); marked on plots.
+        stage_widths: if given, channels per resolution stage (``num_downsamples + 1`` values):
+            a layer takes the width of the stage the placement puts it in, instead of its fixed
+            ``widths`` entry. With widths doubling per stage (a standard ResNet's rule) every
+            layer costs the same FLOPs at any resolution, so all placements cost the same up to
+            the small BatchNorm and transition terms (the equal-FLOPs benchmark space,
+            :func:`resnet20_equal_flops_space`); parameters then differ per placement, and the
+            supernet shares weights by channel slicing (Once-for-All's first-k channels).
+            ``widths`` must then equal the default placement's layer widths. ``block="basic"``.
     """
 
     name: str
@@ -73,6 +81,7 @@ class PoolingSpace:
     block: BlockType = "basic"
     first_position: int = 1
     default: tuple[int, ...] | None = field(default=None, compare=False)
+    stage_widths: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.downsample not in DOWNSAMPLE_OPS:
@@ -96,6 +105,21 @@ class PoolingSpace:
             )
         if self.default is not None:
             self.validate(PoolingConfig(tuple(self.default)))
+        if self.stage_widths is not None:
+            self._check_stage_widths()
+
+    def _check_stage_widths(self) -> None:
+        sw = self.stage_widths
+        assert sw is not None
+        if len(sw) != self.num_downsamples + 1 or any((not isinstance(w, int)) or w < 1 for w in sw):
+            raise ValueError(f"space 'stage_widths': expected {self.num_downsamples + 1} positive ints "
+                             f"(one per resolution stage), got {list(sw)!r}")
+        if self.block != "basic":
+            raise ValueError(f"space 'stage_widths': supported with block 'basic', got {self.block!r}")
+        expected = self.layer_widths(self.default_config())
+        if tuple(self.widths) != expected:
+            raise ValueError(f"space 'widths': with stage_widths they must be the default placement's "
+                             f"layer widths {list(expected)}, got {list(self.widths)}")
 
     # ----------------------------------------------------------------- structure
     @property
@@ -123,6 +147,32 @@ class PoolingSpace:
                 stage += 1
             stages.append(stage)
         return tuple(stages)
+
+    def layer_widths(self, config: PoolingConfig) -> tuple[int, ...]:
+        """Output channels of every layer (stem first) under ``config``: ``widths``, or each
+        layer's stage width when the space has ``stage_widths``."""
+        if self.stage_widths is None:
+            self.validate(config)
+            return tuple(self.widths)
+        return tuple(self.stage_widths[s] for s in self.layer_stages(config))
+
+    def max_layer_widths(self) -> tuple[int, ...]:
+        """The widest each layer gets over all placements (the supernet's weight shapes)."""
+        if self.stage_widths is None:
+            return tuple(self.widths)
+        k, last = self.num_downsamples, self.num_layers - 1
+        # layer i sits in stage #positions <= i: at least k - #positions after i, at most
+        # #positions from first_position to i
+        return tuple(
+            max(self.stage_widths[s] for s in range(max(0, k - (last - i)),
+                                                     min(k, max(0, i - self.first_position + 1)) + 1))
+            for i in range(self.num_layers)
+        )
+
+    @property
+    def params_vary(self) -> bool:
+        """Whether placements differ in parameter count (only with ``stage_widths``)."""
+        return self.stage_widths is not None
 
     def min_input_size(self) -> int:
         """Smallest square input side that survives every downsampling (at least 1 pixel left)."""
@@ -244,6 +294,10 @@ class PoolingSpace:
         data = asdict(self)
         data["widths"] = list(self.widths)
         data["default"] = list(self.default) if self.default is not None else None
+        if self.stage_widths is None:
+            del data["stage_widths"]  # fixed-width spaces keep the JSON they always had
+        else:
+            data["stage_widths"] = list(self.stage_widths)
         data["kind"] = "pooling"
         data["format_version"] = SPACE_FORMAT_VERSION
         return data
@@ -266,8 +320,9 @@ class PoolingSpace:
             raise ValueError(f"pooling space: missing fields {sorted(missing)}")
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["widths"] = tuple(kwargs["widths"])
-        if kwargs.get("default") is not None:
-            kwargs["default"] = tuple(kwargs["default"])
+        for key in ("default", "stage_widths"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
 
     def dumps(self) -> str:
@@ -300,6 +355,29 @@ def resnet20_space(downsample: DownsampleOp = "maxpool", num_downsamples: int = 
         downsample=downsample,
         default=(4, 7) if num_downsamples == 2 else None,
     )
+
+
+def resnet20_equal_flops_space(downsample: DownsampleOp = "maxpool", num_downsamples: int = 2,
+                               width_scale: float = 1.0) -> PoolingSpace:
+    """ResNet-20's 36 placements with equal FLOPs: channels double at every downsampling,
+    wherever it is placed (16/32/64 per stage at 1.0), instead of being fixed per layer.
+
+    A layer at stage s has ``2^s`` times the channels on a ``2^-s`` times smaller side, so its
+    FLOPs do not depend on s; placements differ only in the BatchNorm, transition and pooling
+    terms (within 1.7% from cheapest to most expensive at 24 px; tested within 2%). What
+    differs is where capacity sits: early downsampling gives many wide, low-resolution layers
+    (5.5x the parameters of the latest placement at width 0.5). A benchmark on which FLOPs
+    cannot rank the placements (issue 15), unlike :func:`resnet20_space` where compute
+    dominates the ranking.
+    """
+    stage = tuple(max(1, int(round(16 * width_scale))) * 2 ** s for s in range(num_downsamples + 1))
+    base = PoolingSpace(
+        name="resnet20eq" if width_scale == 1.0 else f"resnet20eq_w{width_scale:g}",
+        widths=(stage[0],) * 10, num_downsamples=num_downsamples, downsample=downsample,
+        default=(4, 7) if num_downsamples == 2 else None,
+    )
+    widths = tuple(stage[s] for s in base.layer_stages(base.default_config()))
+    return base.with_options(widths=widths, stage_widths=stage)
 
 
 def resnet18_space(downsample: DownsampleOp = "conv", width_scale: float = 0.25) -> PoolingSpace:
@@ -338,7 +416,8 @@ def resnet50_space(downsample: DownsampleOp = "conv", width_scale: float = 0.125
 
 
 SPACE_PRESETS: dict[str, Callable[..., PoolingSpace]] = {
-    "resnet20": resnet20_space, "resnet18": resnet18_space, "resnet50": resnet50_space,
+    "resnet20": resnet20_space, "resnet20_equal_flops": resnet20_equal_flops_space,
+    "resnet18": resnet18_space, "resnet50": resnet50_space,
 }
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from stitchnas.methods.learngene import run_distill as distill
     from stitchnas.methods.pooling import PoolingSearchConfig, train_standalone
     from stitchnas.methods.snnet import StitchSearchConfig
+    from stitchnas.search.cost import CostConfig
     from stitchnas.search.export import export_model, load_model, read_model_record
     from stitchnas.search.pipeline import SearchResult
     from supernet.bms import MixtureConfig
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 _EXPORTS: dict[str, str] = {
     "AnchorRef": "stitching.anchors",
     "AnchorTrainConfig": "stitchnas.methods.anchors",
+    "CostConfig": "stitchnas.search.cost",
     "DataSpec": "stitchnas.data",
     "EvalConfig": "supernet.evaluation",
     "LearngeneDistillRunConfig": "stitchnas.methods.learngene",
@@ -83,6 +85,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "AnchorRef",
     "AnchorTrainConfig",
+    "CostConfig",
     "DataSpec",
     "EvalConfig",
     "LearngeneDistillRunConfig",

@@ -20,7 +20,7 @@ line and the other way round.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,12 +99,20 @@ def evaluate_run(
                                  progress=progress, backend=_backend(backend))
 
 
-def export_from_run(run_dir: str | Path, candidate: int | str, out_dir: str | Path | None = None) -> Path:
+def export_from_run(run_dir: str | Path, candidate: int | str, out_dir: str | Path | None = None,
+                    formats: str | Sequence[str] | None = None) -> Path:
     """Export one candidate of a finished run (an index, or the method's notation: ``4,3,3`` for
-    placements, ``a0.0-3_a1.4-11`` for stitches) as a standalone model folder."""
-    from stitchnas.methods import method_from_run
+    placements, ``a0.0-3_a1.4-11`` for stitches) as a standalone model folder.
 
-    return pipeline.export_from_run(method_from_run(run_dir), run_dir, candidate, out_dir)
+    ``formats`` (a comma-separated string or a list of ``pt``, ``pt2``, ``onnx``; default
+    ``pt,pt2``) says which files besides ``model.json`` and ``model.pt`` are written
+    (:mod:`stitchnas.search.portable`); ``onnx`` needs ``pip install 'stitchnas[onnx]'``.
+    Raises ValueError (one line) for an unknown format or a missing extra, before any work."""
+    from stitchnas.methods import method_from_run
+    from stitchnas.search.export import export_formats
+
+    with export_formats(formats):
+        return pipeline.export_from_run(method_from_run(run_dir), run_dir, candidate, out_dir)
 
 
 __all__ = ["evaluate_run", "export_from_run", "run_search"]

@@ -36,7 +36,7 @@ def pooling_step_flops(
     downsampling and block), then the head (average pooling and classifier); ``num_layers + 1``
     counts at batch 1. A layer's count depends only on the placement up to it."""
     space.check_input_size(input_size)
-    widths = space.widths
+    widths = space.layer_widths(config)
     h = input_size
     steps = [_conv(in_chans, widths[0], 3, h, h) + _bn(widths[0], h, h)]
     conv_mode = space.downsample == "conv"
@@ -65,9 +65,20 @@ def pooling_step_flops(
     return steps
 
 
-def pooling_params(space: PoolingSpace, in_chans: int, num_classes: int) -> int:
-    """Parameter count: the same for every placement (widths are fixed per layer)."""
-    widths = space.widths
+def pooling_params(space: PoolingSpace, in_chans: int, num_classes: int,
+                   config: PoolingConfig | None = None) -> int:
+    """Parameter count of :func:`supernet.networks.build_model` for ``config``. The same for
+    every placement when widths are fixed per layer; with ``stage_widths`` it depends on the
+    placement, and ``config`` is required.
+
+    Raises:
+        ValueError: ``config`` missing in a space whose placements differ in parameters.
+    """
+    if config is None:
+        if space.params_vary:
+            raise ValueError(f"pooling_params: space {space.name!r} has per-placement widths: pass a config")
+        config = space.default_config()
+    widths = space.layer_widths(config)
     total = in_chans * widths[0] * 9 + 2 * widths[0]
     for i in range(1, space.num_layers):
         c_in, c_out = widths[i - 1], widths[i]

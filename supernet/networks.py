@@ -18,6 +18,7 @@ from torch import nn
 from searchspace.pooling import PoolingConfig, PoolingSpace
 from supernet.layers import BLOCKS, ConvStem, StridedBlock
 from supernet.ops import SwitchablePool, SwitchableStrideConv2d, make_pool
+from supernet.slimmable import SlimmableBasicBlock, sliced_state_dict
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,15 @@ class ModelSpec:
 class _PoolingCNNBase(nn.Module):
     """Shared stem / head plumbing with timm's forward split."""
 
-    def __init__(self, space: PoolingSpace, spec: ModelSpec) -> None:
+    def __init__(self, space: PoolingSpace, spec: ModelSpec, widths: tuple[int, ...]) -> None:
         super().__init__()
         self.space = space
         self.spec = spec
         self.num_classes = spec.num_classes
-        self.stem = ConvStem(spec.in_chans, space.widths[0])
+        self.stem = ConvStem(spec.in_chans, widths[0])  # the stem is always in stage 0
         self.layers = nn.ModuleList()
         self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = space.widths[-1]
+        self.num_features = widths[-1]  # the last layer is always in the last stage
         self.fc = nn.Linear(self.num_features, spec.num_classes)
 
     def init_weights(self) -> None:
@@ -87,8 +88,8 @@ class PoolingNet(_PoolingCNNBase):
     """A standalone network for one placement: only the chosen path, no switching logic."""
 
     def __init__(self, space: PoolingSpace, config: PoolingConfig, spec: ModelSpec = ModelSpec()) -> None:
-        super().__init__(space, spec)
-        space.validate(config)
+        widths = space.layer_widths(config)
+        super().__init__(space, spec, widths)
         self.config = config
         block_cls = BLOCKS[space.block]
         for i in range(1, space.num_layers):
@@ -96,12 +97,17 @@ class PoolingNet(_PoolingCNNBase):
             pooled = downsampled and space.downsample != "conv"
             stride = 2 if downsampled and space.downsample == "conv" else 1
             pool = make_pool(space.downsample) if pooled else nn.Identity()
-            block = block_cls(space.widths[i - 1], space.widths[i], stride=stride)
+            block = block_cls(widths[i - 1], widths[i], stride=stride)
             self.layers.append(PoolingLayer(pool, block))
         self.init_weights()
 
 
 class _SwitchablePoolingLayer(PoolingLayer):
+    def set_width(self, width: int) -> None:
+        """Run at ``width`` output channels (sliced blocks of equal-FLOPs spaces only)."""
+        if isinstance(self.block, SlimmableBasicBlock):
+            self.block.set_out_width(width)
+
     def set_downsampled(self, downsampled: bool, op: str) -> None:
         if op == "conv":
             self.block.set_stride(2 if downsampled else 1)
@@ -113,16 +119,26 @@ class PoolingSuperNet(_PoolingCNNBase):
     """One set of weights that runs every placement of its space (SPOS-style one-shot).
 
     ``set_active(config)`` switches the path; the forward pass then runs only that path, so a
-    training step costs what the standalone network's step costs.
+    training step costs what the standalone network's step costs. In a space with
+    ``stage_widths`` every layer is built at its widest and runs the placement's width on the
+    first channels (:mod:`supernet.slimmable`).
     """
 
     def __init__(self, space: PoolingSpace, spec: ModelSpec = ModelSpec()) -> None:
-        super().__init__(space, spec)
+        widths = space.max_layer_widths()
+        super().__init__(space, spec, widths)
         block_cls = BLOCKS[space.block]
         conv_cls = SwitchableStrideConv2d if space.downsample == "conv" else nn.Conv2d
+        # layers where some placement changes the width carry the projection shortcut
+        transitions = {i for c in space for w in [space.layer_widths(c)]
+                       for i in range(1, space.num_layers) if w[i - 1] != w[i]}
         for i in range(1, space.num_layers):
             pool: nn.Module = SwitchablePool(space.downsample) if space.downsample != "conv" else nn.Identity()
-            block = block_cls(space.widths[i - 1], space.widths[i], stride=1, conv=conv_cls)
+            block: StridedBlock
+            if space.stage_widths is not None:
+                block = SlimmableBasicBlock(widths[i - 1], widths[i], project=i in transitions)
+            else:
+                block = block_cls(widths[i - 1], widths[i], stride=1, conv=conv_cls)
             self.layers.append(_SwitchablePoolingLayer(pool, block))
         self.init_weights()
         self.active: PoolingConfig | None = None
@@ -130,10 +146,12 @@ class PoolingSuperNet(_PoolingCNNBase):
 
     def set_active(self, config: PoolingConfig) -> None:
         """Activate one placement for the following forward passes."""
-        self.space.validate(config)
+        widths = self.space.layer_widths(config)
         for i, layer in enumerate(self.layers, start=1):
             # __init__ appends only _SwitchablePoolingLayers
-            cast(_SwitchablePoolingLayer, layer).set_downsampled(i in config.positions, self.space.downsample)
+            switchable = cast(_SwitchablePoolingLayer, layer)
+            switchable.set_downsampled(i in config.positions, self.space.downsample)
+            switchable.set_width(widths[i])
         self.active = config
 
     def sample_active(self, rng: random.Random) -> PoolingConfig:
@@ -151,7 +169,8 @@ class PoolingSuperNet(_PoolingCNNBase):
         assert self.active is not None
         model = build_model(self.space, self.active, self.spec)
         if preserve_weight:
-            model.load_state_dict(self.state_dict())
+            state = self.state_dict()
+            model.load_state_dict(sliced_state_dict(state, model) if self.space.stage_widths is not None else state)
         return model.to(next(self.parameters()).device)
 
 

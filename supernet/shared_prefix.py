@@ -39,7 +39,7 @@ from stitchnas.core.prefix import (
 )
 from stitchnas.core.training import ImageSplit, autocast, batches_for, resolve_device
 from supernet.evaluation import EvalConfig, calibration_batches
-from supernet.networks import PoolingSuperNet, _SwitchablePoolingLayer
+from supernet.networks import PoolingSuperNet, _SwitchablePoolingLayer, build_model
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,11 @@ BNState = list[list[torch.Tensor]]  # per BatchNorm of a module: running mean, r
 
 
 def placement_steps(space: PoolingSpace, config: PoolingConfig) -> list[Hashable]:
-    """The trie steps of one placement: ``("stem",)``, ``("layer", i, downsampled)`` for every
-    layer ``1..num_layers - 1``, ``("head",)``."""
-    layers: list[Hashable] = [("layer", i, i in config.positions) for i in range(1, space.num_layers)]
+    """The trie steps of one placement: ``("stem",)``, ``("layer", i, downsampled, width)`` for
+    every layer ``1..num_layers - 1`` (its output channels: they vary with the placement in
+    spaces with ``stage_widths``), ``("head",)``."""
+    widths = space.layer_widths(config)
+    layers: list[Hashable] = [("layer", i, i in config.positions, widths[i]) for i in range(1, space.num_layers)]
     return [("stem",), *layers, ("head",)]
 
 
@@ -108,6 +110,7 @@ def score_placements(
         else:
             layer = layers[step[1] - 1]
             layer.set_downsampled(step[2], space.downsample)
+            layer.set_width(step[3])
             m = layer
         if id(m) not in bns_of:
             bns_of[id(m)] = _batchnorms(m)
@@ -157,8 +160,10 @@ def score_placements(
             with autocast(device, True):  # as accuracy() scores: bf16 on CUDA
                 trie.run(x, forward, tally.add, stats=val_stats)
     if states_out is not None:
-        for i in range(len(configs)):
-            states_out[i] = _named_state(work, trie.leaf[i], states)
+        for i, config in enumerate(configs):  # cut to the exported network's buffers and widths
+            named = _named_state(work, trie.leaf[i], states)
+            shapes = {k: v.shape for k, v in build_model(space, config, supernet.spec).state_dict().items()}
+            states_out[i] = {k: v[tuple(slice(0, n) for n in shapes[k])] for k, v in named.items() if k in shapes}
     accs = tally.percents(len(batches))
     state_bytes = sum(tensor_bytes(t) for s in states.values() for bn in s for t in bn)
     report = PrefixReport(n, trie.num_steps, trie.path_steps, val_stats, calib_stats, state_bytes)

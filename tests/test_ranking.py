@@ -10,7 +10,10 @@ from scipy import stats
 
 from stitchnas.studies.ranking import (
     RankingReport,
+    blend,
+    budget_regret,
     compare,
+    cost_proxy,
     kendall_tau,
     regret,
     spearman_rho,
@@ -140,3 +143,31 @@ def test_compare_errors_name_the_keys() -> None:
         compare({"a": 1.0}, {"a": "high"})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="ks must be integers"):
         compare({"a": 1.0}, {"a": 1.0}, ks=(0,))
+
+
+def test_budget_regret_on_a_fixed_table() -> None:
+    # four candidates; costs 1 < 2 < 3 = 3
+    cost = [1, 2, 3, 3]
+    truth = [50.0, 60.0, 55.0, 70.0]
+    est = [9.0, 1.0, 8.0, 2.0]  # prefers 0, then 2
+    # budget 1: {0} -> 0; budget 2: {0,1}: picks 0 (50) vs best 60 -> 10; budget 3: picks 0 vs 70 -> 20
+    assert budget_regret(est, truth, cost) == pytest.approx((0 + 10 + 20) / 3)
+    assert budget_regret(truth, truth, cost) == 0.0
+    assert budget_regret(cost, truth, cost) == pytest.approx((0 + 0 + 15) / 3)  # "biggest wins", tie -> index 2
+    with pytest.raises(ValueError, match="budget_regret"):
+        budget_regret(est, truth, cost[:3])
+
+
+def test_cost_proxy_and_blend_arithmetic_on_a_fixed_table() -> None:
+    flops = [10, 20, 30]
+    same_params = [5, 5, 5]
+    # equal parameters: the proxy orders as FLOPs (ranks 1,2,3 averaged with the tied 2,2,2)
+    assert cost_proxy(flops, same_params).tolist() == [1.5, 2.0, 2.5]
+    assert cost_proxy([7, 7, 7], [3, 1, 2]).tolist() == [2.5, 1.5, 2.0]  # equal FLOPs: as params
+    score = [80.0, 90.0, 70.0]  # ranks 2, 3, 1
+    proxy = [1.0, 2.0, 3.0]  # ranks 1, 2, 3
+    assert blend(score, proxy).tolist() == [1.5, 2.5, 2.0]
+    assert blend(score, proxy, weight=0.0).tolist() == [2.0, 3.0, 1.0]
+    assert blend(score, proxy, weight=0.25).tolist() == [1.75, 2.75, 1.5]
+    with pytest.raises(ValueError, match="weight"):
+        blend(score, proxy, weight=1.5)

@@ -209,7 +209,7 @@ def test_export_writes_todays_json_from_a_dict_or_a_record(tmp_path):
     model = BUILDERS["pooling"](body)
     prov = {"dataset": "digits", "data_dir": None, "input_size": 8, "seed": 1, "source": "supernet",
             "run_dir": "/r", "checkpoint_sha256": "c" * 64}
-    exported = export_model(tmp_path / "a", model, "pooling", body, prov)
+    exported = export_model(tmp_path / "a", model, "pooling", body, prov, formats=["pt"])  # no input spec
     written = json.loads((tmp_path / "a" / "model.json").read_text())
     assert written == exported.record and to_json(exported.card) == {
         **written, "provenance": {k: v for k, v in written["provenance"].items() if v is not None}}
@@ -222,7 +222,7 @@ def test_export_writes_todays_json_from_a_dict_or_a_record(tmp_path):
     assert {k: written[k] for k in body} == body and written["kind"] == "pooling"
 
     record = Provenance(**prov)
-    export_model(tmp_path / "b", model, "pooling", body, record)
+    export_model(tmp_path / "b", model, "pooling", body, record, formats="pt")
     from_record = json.loads((tmp_path / "b" / "model.json").read_text())
     assert from_record["provenance"] == {**record.to_json(), **{k: from_record["provenance"][k] for k in extra}}
     assert from_record["provenance"]["data_dir"] is None

@@ -38,6 +38,7 @@ from stitchnas.backends.tune import (
     FailureHooks, Ledger, RayTuneStage, TuneOptions, check_resources, cluster_nodes, init_ray, make_sampler,
     ray_session,
 )
+from stitchnas.backends.tune_search import TRIAL_NODE_COLUMNS, TRIAL_NODES_FILE
 from supernet.evaluation import EvalConfig
 from supernet.flops import pooling_flops
 from supernet.training import TrainConfig
@@ -136,6 +137,23 @@ def test_ledger_records_failures_and_requeues_the_rest_of_a_batch(tmp_path):
     assert list(ledger.queue) == [3] and not ledger.inflight
 
 
+def test_ledger_records_the_node_of_each_scored_candidate_once(tmp_path):
+    space = resnet20_space()
+    data = SimpleNamespace(input_size=8, in_chans=1, num_classes=10)
+    table = ResultsTable(tmp_path / "results.csv", RESULT_COLUMNS)
+    nodes = ResultsTable(tmp_path / TRIAL_NODES_FILE, TRIAL_NODE_COLUMNS)
+    ledger = Ledger(PoolingTask(space, data), table, budget=None, nodes=nodes)
+    ledger.start("t1", [0, 1])
+    first = {"candidate": 0, "val_acc": 50.0, "seconds": 0.1, "node_id": "n1", "node_ip": "10.0.0.2"}
+    ledger.record("t1", {"rows": [first]})
+    # the retry of t1 on another node repeats its checkpointed row (with the node that scored it)
+    ledger.record("t1", {"rows": [first, {"candidate": 1, "val_acc": 40.0, "seconds": 0.1, "node_id": "n0",
+                                          "node_ip": "10.0.0.1"}]})
+    assert ResultsTable(tmp_path / TRIAL_NODES_FILE, TRIAL_NODE_COLUMNS).rows() == [
+        {"candidate": 0, "trial": "t1", "node_id": "n1", "node_ip": "10.0.0.2"},
+        {"candidate": 1, "trial": "t1", "node_id": "n0", "node_ip": "10.0.0.1"}]
+
+
 # ----------------------------------------------------------------------------- on Ray
 @pytest.mark.ray
 def test_ray_and_in_process_give_identical_results(ray_cluster, tmp_path):
@@ -162,6 +180,13 @@ def test_ray_and_in_process_give_identical_results(ray_cluster, tmp_path):
         sorted(p.name for p in (local.out_dir / "exports").iterdir())
     summary = read_json(remote.out_dir / "tune_summary.json", "summary")
     assert summary["trials"] < 8 and sorted(summary["evaluated"]) == sorted(a)  # batched trials
+    import ray
+
+    placed = ResultsTable(remote.out_dir / TRIAL_NODES_FILE, TRIAL_NODE_COLUMNS).rows()
+    assert sorted(r["candidate"] for r in placed) == sorted(a)  # every candidate once, with its node
+    assert {r["node_id"] for r in placed} == {ray.get_runtime_context().get_node_id()}
+    assert {r["node_ip"] for r in placed} == {"127.0.0.1"}
+    assert not (local.out_dir / TRIAL_NODES_FILE).exists()
 
 
 @pytest.mark.ray

@@ -43,13 +43,15 @@ from typing import Any
 from stitchnas.backends.cluster import check_resources, cluster_nodes, init_ray, ray_session, set_env_defaults
 from stitchnas.backends.tune_search import (
     OPTUNA_ALGORITHMS,
+    TRIAL_NODE_COLUMNS,
+    TRIAL_NODES_FILE,
     Ledger,
     make_optuna_searcher,
     make_queue_searcher,
     make_sampler,
 )
 from stitchnas.core import threads
-from stitchnas.core.io import atomic_write_json, read_json
+from stitchnas.core.io import ResultsTable, atomic_write_json, read_json
 from stitchnas.search.candidates import (
     SEARCH_STATE_FILE,
     SEARCH_SUMMARY_FILE,
@@ -197,10 +199,13 @@ def evaluate_trial(config: dict[str, Any], shared: TrialShared) -> None:
 
     On an exception the trial reports the rows it finished plus the failing candidate and its
     error, with a checkpoint of that state, then re-raises: Tune retries the trial from the
-    checkpoint, so finished candidates are not scored again.
+    checkpoint, so finished candidates are not scored again. Each row names the Ray node that
+    scored it (``node_id``, ``node_ip``; the driver keeps them in ``trial_nodes.csv``).
     """
+    import ray
     from ray import tune
 
+    node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
     threads.apply(threads.choose_threads())  # the CPUs Ray gave this trial (--cpus-per-trial)
     score = _prepared_scorer(shared)
     hooks = config.get("hooks", {})
@@ -237,7 +242,7 @@ def evaluate_trial(config: dict[str, Any], shared: TrialShared) -> None:
                                                       "seconds": time.perf_counter() - start}},
                             checkpoint=tune.Checkpoint.from_directory(folder))
             raise
-        row = {"candidate": index, "val_acc": acc, "seconds": time.perf_counter() - start}
+        row = {"candidate": index, "val_acc": acc, "seconds": time.perf_counter() - start, **node}
         rows.append({**row, "extra": extra} if extra is not None else row)
     tune.report({"rows": rows})
 
@@ -399,7 +404,10 @@ class RayTuneStage:
         hooks = asdict(opts.hooks)
         total = len(candidates) if opts.search not in OPTUNA_ALGORITHMS else int(budget or 0)
         bar = tqdm(total=total, desc="candidates (ray)", unit="cand", disable=not job.progress, leave=False)
-        ledger = Ledger(job.task, job.table, budget, bar)
+        nodes_path = job.out_dir / TRIAL_NODES_FILE
+        if not job.table.rows():  # a fresh (or re-started) table: no stale node records
+            nodes_path.unlink(missing_ok=True)
+        ledger = Ledger(job.task, job.table, budget, bar, nodes=ResultsTable(nodes_path, TRIAL_NODE_COLUMNS))
         previously_done = len(ledger.rows)
         bar.update(min(total, len([c for c in candidates if ledger.known(c)]) if candidates else previously_done))
         if opts.search in OPTUNA_ALGORITHMS:

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 OPTUNA_ALGORITHMS: tuple[str, ...] = ("nsga2", "tpe")
 MAX_ASKS_PER_TRIAL = 64
+#: Where each candidate scored through Tune ran: ``trial_nodes.csv`` in the run folder.
+TRIAL_NODES_FILE = "trial_nodes.csv"
+TRIAL_NODE_COLUMNS = ("candidate", "trial", "node_id", "node_ip")
 
 
 # --------------------------------------------------------------------------- Optuna samplers
@@ -52,9 +55,11 @@ class Ledger:
     """Driver-side state shared by the searcher and the callback: the results table (the source
     of truth), the queue of candidates still to score and the trials in flight."""
 
-    def __init__(self, task: CandidateTask, table: ResultsTable, budget: int | None, progress: Any = None) -> None:
+    def __init__(self, task: CandidateTask, table: ResultsTable, budget: int | None, progress: Any = None,
+                 nodes: ResultsTable | None = None) -> None:
         self.task = task
         self.table = table
+        self.nodes = nodes  # candidate -> the trial and Ray node that scored it (TRIAL_NODE_COLUMNS)
         self.budget = budget
         self.rows: dict[int, dict[str, Any]] = {int(r["candidate"]): r for r in self.table.rows()}
         self.queue: deque[int] = deque()
@@ -111,6 +116,9 @@ class Ledger:
                 if r.get("extra") is not None:
                     self.task.on_scored(index, r["extra"])
                 self._append(index, float(r["val_acc"]), "ok", "", float(r["seconds"]))
+                if self.nodes is not None:
+                    self.nodes.append({"candidate": index, "trial": trial_id, "node_id": r.get("node_id"),
+                                       "node_ip": r.get("node_ip")})
         if result.get("failed"):
             self.failing[trial_id] = dict(result["failed"])
 

@@ -8,11 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from stitchnas.cli.options import (
     add_data_args,
+    add_export_format_arg,
     add_front_args,
     add_run_args,
     add_stitch_train_args,
     add_tune_args,
     backend_from_args,
+    cost_config_from_args,
+    export_formats_from_args,
     finite_float,
     run_and_print,
     stitch_data_spec_from_args,
@@ -108,7 +111,8 @@ def cmd_learngene_pool(args: argparse.Namespace) -> int:
                                               distill_temperature=args.distill_temperature)
     cfg = LearngenePoolConfig(distill_run=args.distill, students=tuple(args.student),
                               init=args.init.replace("-", "_"), init_samples=args.init_samples, finetune=train_cfg,
-                              export_front=not args.no_export, hv_reference=args.hv_reference)
+                              export_front=not args.no_export, hv_reference=args.hv_reference,
+                              cost=cost_config_from_args(args))
     return run_and_print(backend_from_args(args), lambda b: api.run_search(
         cfg, args.out, resume=args.resume, progress=not args.no_progress, backend=b.evaluate), args.hv_reference)
 
@@ -121,7 +125,8 @@ def cmd_learngene_export(args: argparse.Namespace) -> int:
         config_id = int(args.config)
     except ValueError:
         raise ValueError(f"--config {args.config!r}: expected a descendant id (see results.csv)") from None
-    folder = api.export_from_run(args.run, config_id, args.out)
+    formats = export_formats_from_args(args)
+    folder = api.export_from_run(args.run, config_id, args.out, formats=formats)
     _, record = load_model(folder, return_record=True)
     print(f"exported descendant {config_id} ({record['label']}, {record['flops'] / 1e6:.3f} MFLOPs, "
           f"test accuracy {record['metrics']['test_acc']:.2f}%) to {Path(folder).resolve()}")
@@ -181,5 +186,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = lg.add_parser("export", help="export one descendant of a pool run as a standalone model")
     p.add_argument("--run", required=True, help="a 'stitchnas learngene pool' run folder")
     p.add_argument("--config", required=True, help="descendant id (column 'candidate' of results.csv)")
-    p.add_argument("--out", required=True, help="folder for model.json and model.pt")
+    p.add_argument("--out", required=True, help="folder for the export: model.json, model.pt and --format's files")
+    add_export_format_arg(p)
     p.set_defaults(handler=cmd_learngene_export)

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from stitching.trainer import StitchTrainConfig
     from stitchnas.data import DataSpec
     from stitchnas.search.candidates import EvaluationBackend
+    from stitchnas.search.cost import CostConfig
     from stitchnas.search.pipeline import SearchResult
+    from stitchnas.search.rank_rule import RankRule
     from supernet.evaluation import EvalConfig
     from supernet.training import TrainConfig
 
@@ -41,7 +43,8 @@ def add_space_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--space", default="resnet20", choices=sorted(SPACE_PRESETS), help="pooling space preset")
     g.add_argument("--downsample", default=None, choices=DOWNSAMPLE_OPS,
                    help="downsampling op (default: the preset's; resnet20 uses a 2x2 max-pool)")
-    g.add_argument("--num-downsamples", type=int, default=None, help="k, number of downsamplings (resnet20 only)")
+    g.add_argument("--num-downsamples", type=int, default=None,
+                   help="k, number of downsamplings (resnet20 presets only)")
     g.add_argument("--width-scale", type=finite_float, default=None, help="multiply the preset's channel widths")
 
 
@@ -50,8 +53,8 @@ def space_from_args(args: argparse.Namespace) -> PoolingSpace:
     if args.downsample is not None:
         overrides["downsample"] = args.downsample
     if getattr(args, "num_downsamples", None) is not None:
-        if args.space != "resnet20":
-            raise ValueError("--num-downsamples: only the resnet20 preset takes it")
+        if args.space not in ("resnet20", "resnet20_equal_flops"):
+            raise ValueError("--num-downsamples: only the resnet20 and resnet20_equal_flops presets take it")
         overrides["num_downsamples"] = args.num_downsamples
     if getattr(args, "width_scale", None) is not None:
         if not args.width_scale > 0:
@@ -146,6 +149,36 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-batches", type=int, default=8, help="batches used to re-estimate BatchNorm statistics")
 
 
+def add_rank_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("ranking")
+    g.add_argument("--rank-by", default=None, metavar="{score,blend}",
+                   help="the front's score: the supernet's validation accuracy (score) or its rank blend with the "
+                        "no-training FLOPs-and-parameters rank (blend); default: see README 'Search quality'")
+    g.add_argument("--blend-weight", type=finite_float, default=None,
+                   help="--rank-by blend: weight of the FLOPs-and-parameters rank, in [0, 1] (default 0.5)")
+
+
+def rank_rule_from_args(args: argparse.Namespace) -> RankRule:
+    """``--rank-by`` / ``--blend-weight`` as a :class:`~stitchnas.search.rank_rule.RankRule`.
+
+    Raises:
+        ValueError: a weight outside [0, 1], or ``--blend-weight`` with ``--rank-by score``.
+    """
+    from stitchnas.methods.pooling import DEFAULT_RANK
+    from stitchnas.search.rank_rule import RANK_RULES, RankRule
+
+    by = args.rank_by or DEFAULT_RANK.by
+    if by not in RANK_RULES:
+        raise ValueError(f"--rank-by: expected one of {', '.join(RANK_RULES)}, got {by!r}")
+    if args.blend_weight is None:
+        return DEFAULT_RANK if by == DEFAULT_RANK.by else RankRule(by)
+    if by != "blend":
+        raise ValueError(f"--blend-weight: applies to --rank-by blend only (the rank is {by!r})")
+    if not 0.0 <= args.blend_weight <= 1.0:
+        raise ValueError(f"--blend-weight: expected a number in [0, 1], got {args.blend_weight}")
+    return RankRule("blend", args.blend_weight)
+
+
 def eval_config_from_args(args: argparse.Namespace, device: str) -> EvalConfig:
     from supernet.evaluation import EvalConfig
 
@@ -157,6 +190,21 @@ def add_run_args(p: argparse.ArgumentParser, default_out: str) -> None:
     g.add_argument("--out", default=default_out, help="run folder (results, checkpoints, exports)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_export_format_arg(p: argparse.ArgumentParser) -> None:
+    """``--format``: the files an export writes besides model.json (parsed by :func:`export_formats_from_args`)."""
+    p.add_argument("--format", default="pt,pt2", metavar="FORMATS",
+                   help="comma-separated: pt (model.pt, for stitchnas.load_model; always written), pt2 (model.pt2, a "
+                        "torch.export program), onnx (model.onnx, checked with onnxruntime; needs "
+                        "pip install 'stitchnas[onnx]'); default pt,pt2")
+
+
+def export_formats_from_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--format`` parsed; one-line ValueError naming ``--format`` (unknown format, onnx extra missing)."""
+    from stitchnas.search.portable import parse_formats
+
+    return parse_formats(args.format, "--format")
 
 
 def add_tune_args(p: argparse.ArgumentParser) -> None:
@@ -186,8 +234,49 @@ def add_distributed_args(p: argparse.ArgumentParser) -> None:
 def add_front_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Pareto front")
     g.add_argument("--hv-reference", default="evaluated", choices=("evaluated", "space"),
-                   help="hypervolume reference: 1.1 x the largest evaluated FLOPs, or over the whole space "
-                        "(use 'space' to compare searches on one space)")
+                   help="hypervolume reference: 1.1 x the largest evaluated cost, or over the whole space "
+                        "(use 'space' to compare searches on one space; not with --cost latency)")
+    g.add_argument("--cost", default="flops", metavar="{flops,params,latency}",
+                   help="the front's cost axis: flops (default; analytic, fvcore's convention), params (of the "
+                        "exported model) or latency (measured once per candidate on the run's device with the "
+                        "torch threads in force, cached in latency.csv)")
+    g.add_argument("--latency-batch", default=None, metavar="N",
+                   help="--cost latency: images per timed forward pass (default 1)")
+    g.add_argument("--latency-warmup", default=None, metavar="N",
+                   help="--cost latency: untimed passes first, discarded (default 10)")
+    g.add_argument("--latency-repeats", default=None, metavar="N",
+                   help="--cost latency: timed passes; the latency is their median, the quartiles, minimum and "
+                        "maximum are recorded as its spread (default 30)")
+
+
+def cost_config_from_args(args: argparse.Namespace) -> CostConfig:
+    """``--cost`` and the ``--latency-*`` options as a :class:`~stitchnas.search.cost.CostConfig`.
+
+    Raises:
+        ValueError: One line naming the option: an unknown axis, a count that is not a whole
+            number in range, a latency option without ``--cost latency``, or ``--cost latency``
+            with ``--hv-reference space``.
+    """
+    from stitchnas.search.cost import COST_AXES, CostConfig
+
+    if args.cost not in COST_AXES:
+        raise ValueError(f"--cost: expected one of {', '.join(COST_AXES)}, got {args.cost!r}")
+    counts: dict[str, int] = {}
+    for option, key, low in (("--latency-batch", "latency_batch", 1), ("--latency-warmup", "latency_warmup", 0),
+                             ("--latency-repeats", "latency_repeats", 1)):
+        text = getattr(args, key)
+        if text is None:
+            continue
+        stripped = str(text).strip()
+        if not (stripped.isascii() and stripped.isdigit()) or int(stripped) < low:
+            raise ValueError(f"{option}: expected a whole number >= {low}, got {text!r}")
+        if args.cost != "latency":
+            raise ValueError(f"{option}: applies to --cost latency only (got --cost {args.cost})")
+        counts[key] = int(stripped)
+    if args.cost == "latency" and getattr(args, "hv_reference", None) == "space":
+        raise ValueError("--hv-reference space: needs every configuration's cost without measuring it; "
+                         "not with --cost latency (use --hv-reference evaluated)")
+    return CostConfig(axis=args.cost, **counts)
 
 
 def add_stitch_train_args(p: argparse.ArgumentParser, epochs: int, lr: float, warmup_epochs: int,
@@ -303,15 +392,24 @@ def print_front(result: SearchResult, hv_reference: str | None = None) -> None:
     """The Pareto front of a search or re-evaluation, one line per member, and where its files are."""
     summary = result.summary
     noun = result.method.noun if result.method is not None else "candidates"
-    print(f"Pareto front ({len(summary.front)} of {len(result.rows)} {noun}):")
-    print(f"  {'id':>5} {'MFLOPs':>9} {'val acc %':>9}  label")
+    axis = summary.cost.get("axis", "flops")
+    column = {"params": ("params", "{:>10}"), "latency": ("latency ms", "{:>10.4g}")}.get(axis)
+    on = "" if axis == "flops" else f", by {axis}"
+    print(f"Pareto front ({len(summary.front)} of {len(result.rows)} {noun}{on}):")
+    print(f"  {'id':>5} {'MFLOPs':>9}" + (f" {column[0]:>10}" if column else "") + f" {'val acc %':>9}  label")
     for row in summary.front:
-        print(f"  {row['candidate']:>5} {row['flops'] / 1e6:9.3f} {row['val_acc']:9.2f}  {row['label']}")
-    ref_flops, ref_acc = summary.reference
+        cell = (" " + column[1].format(row[summary.cost_column])) if column else ""
+        print(f"  {row['candidate']:>5} {row['flops'] / 1e6:9.3f}{cell} {row['val_acc']:9.2f}  {row['label']}")
+    ref_cost, ref_acc = summary.reference
     option = f"; --hv-reference {hv_reference}" if hv_reference else ""
-    print(f"hypervolume: {summary.hypervolume:.6g} (reference {ref_flops / 1e6:.3f} MFLOPs, {ref_acc:g}% accuracy"
-          f"{option})")
-    extra = ", exports/" if result.exports else ""
+    where = {"flops": f"{ref_cost / 1e6:.3f} MFLOPs", "params": f"{ref_cost:.0f} parameters",
+             "latency": f"{ref_cost:.4g} ms"}.get(axis, f"{ref_cost:g}")
+    if axis == "latency":
+        c = summary.cost
+        option += (f"; latency: median of {c.get('repeats')} passes at batch {c.get('batch')} on {c.get('device')}, "
+                   f"{c.get('threads')} thread(s)")
+    print(f"hypervolume: {summary.hypervolume:.6g} (reference {where}, {ref_acc:g}% accuracy{option})")
+    extra = (", latency.csv" if axis == "latency" else "") + (", exports/" if result.exports else "")
     print(f"outputs: {Path(result.out_dir).resolve()} (results.csv, pareto.json, pareto.png{extra})")
 
 

@@ -11,15 +11,20 @@ from stitchnas.cli.options import (
     add_data_args,
     add_distributed_args,
     add_eval_args,
+    add_export_format_arg,
     add_front_args,
+    add_rank_args,
     add_run_args,
     add_space_args,
     add_train_args,
     add_tune_args,
     backend_from_args,
+    cost_config_from_args,
     data_spec_from_args,
     eval_config_from_args,
+    export_formats_from_args,
     finite_float,
+    rank_rule_from_args,
     run_and_print,
     space_from_args,
     train_config_from_args,
@@ -40,6 +45,7 @@ def _search_config(
         space=space_from_args(args), data=data_spec_from_args(args), train=train_cfg,
         eval=eval_config_from_args(args, train_cfg.device), max_candidates=max_candidates,
         export_front=not args.no_export, mixture=mixture, hv_reference=args.hv_reference,
+        cost=cost_config_from_args(args), rank=rank_rule_from_args(args),
     )
 
 
@@ -95,7 +101,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
     for config in configs:
         row: dict[str, Any] = {"index": space.index(config), "config": space.describe(config),
                "flops": pooling_flops(space, config, args.input_size, args.in_chans, args.num_classes),
-               "params": pooling_params(space, args.in_chans, args.num_classes)}
+               "params": pooling_params(space, args.in_chans, args.num_classes, config)}
         if args.check_fvcore:
             import torch
 
@@ -122,7 +128,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from stitchnas import api
     from stitchnas.search.export import load_model
 
-    folder = api.export_from_run(args.run, args.config, args.out)
+    formats = export_formats_from_args(args)  # a bad --format fails before any work
+    folder = api.export_from_run(args.run, args.config, args.out, formats=formats)
     _, record = load_model(folder, return_record=True)
     label = record.get("label") or "[" + ",".join(str(n) for n in record.get("notation", [])) + "]"
     print(f"exported {label} ({record['flops'] / 1e6:.3f} MFLOPs, test accuracy "
@@ -190,6 +197,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     add_train_args(p, epochs=40)
     add_eval_args(p)
+    add_rank_args(p)
     p.add_argument("--candidates", type=int, default=None, help="evaluate a seeded random subset (default: all)")
     p.add_argument("--no-export", action="store_true", help="skip exporting the Pareto-optimal models")
     add_distributed_args(p)
@@ -202,6 +210,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     add_train_args(p, epochs=40)
     add_eval_args(p)
+    add_rank_args(p)
     g = p.add_argument_group("mixture")
     g.add_argument("--num-supernets", "-M", type=int, default=4, help="M, the number of supernets")
     g.add_argument("--t-max", type=finite_float, default=100.0, help="final temperature of the assignment softmax")
@@ -242,7 +251,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True,
                    help="candidate index, or the method's notation: '4,3,3' / 'p:4,7' for placements, "
                         "'a0.0-3_a1.4-11' for stitches")
-    p.add_argument("--out", default=None, help="folder for model.json and model.pt (default: RUN/selected/NAME)")
+    p.add_argument("--out", default=None,
+                   help="folder for the export: model.json, model.pt and --format's files (default: RUN/selected/NAME)")
+    add_export_format_arg(p)
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("evaluate", help="load an exported model and measure it on its data")

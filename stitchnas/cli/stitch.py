@@ -11,11 +11,14 @@ from typing import TYPE_CHECKING, Literal
 
 from stitchnas.cli.options import (
     add_data_args,
+    add_export_format_arg,
     add_front_args,
     add_run_args,
     add_stitch_train_args,
     add_tune_args,
     backend_from_args,
+    cost_config_from_args,
+    export_formats_from_args,
     finite_float,
     run_and_print,
     stitch_data_spec_from_args,
@@ -98,6 +101,7 @@ def cmd_stitch_train(args: argparse.Namespace) -> int:
     from stitchnas.methods.snnet import StitchSearchConfig
 
     presets = [preset for preset, _ in parse_anchor_files(args.anchor)]
+    cost = cost_config_from_args(args)  # a bad --cost fails before the anchors are read
     data_spec = checkpoint_normalisation(stitch_data_spec_from_args(args), presets)
     if args.no_train:
         args.epochs = 0
@@ -111,7 +115,7 @@ def cmd_stitch_train(args: argparse.Namespace) -> int:
     cfg = StitchSearchConfig(anchors=anchors, data=data_spec, train=train_cfg,
                              init_samples=args.init_samples, nearest=not args.all_pairs,
                              export_front=not args.no_export, hv_reference=args.hv_reference,
-                             reset_head=args.reset_head, **version_options)
+                             reset_head=args.reset_head, cost=cost, **version_options)
     return run_and_print(backend_from_args(args), lambda b: api.run_search(
         cfg, args.out, resume=args.resume, progress=not args.no_progress, backend=b.evaluate), args.hv_reference)
 
@@ -159,7 +163,8 @@ def cmd_stitch_export(args: argparse.Namespace) -> int:
     if not config.isdigit() and parse_route(config) is None:
         raise ValueError(f"--config {args.config!r}: expected a configuration id (see results.csv) "
                          "or a route such as a0.0-3_a1.4-11 (a<anchor>.<first>-<last> per segment)")
-    folder = api.export_from_run(args.run, config, args.out)
+    formats = export_formats_from_args(args)
+    folder = api.export_from_run(args.run, config, args.out, formats=formats)
     _, record = load_model(folder, return_record=True)
     config_id = record["config"]["id"]
     print(f"exported configuration {config_id} ({record['label']}, {record['flops'] / 1e6:.3f} MFLOPs, "
@@ -240,5 +245,6 @@ def add_stitch_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="a 'stitchnas stitch train' run folder")
     p.add_argument("--config", required=True,
                    help="configuration id (column 'candidate' of results.csv) or route, e.g. a0.0-3_a1.4-11")
-    p.add_argument("--out", required=True, help="folder for model.json and model.pt")
+    p.add_argument("--out", required=True, help="folder for the export: model.json, model.pt and --format's files")
+    add_export_format_arg(p)
     p.set_defaults(handler=cmd_stitch_export)

@@ -406,6 +406,17 @@ class ModelCard:
         weights_sha256: That file's SHA-256, checked on load.
         notation: Layers per resolution (pooling only).
         label: A short human label (stitch only).
+        input: What the model takes (:meth:`stitchnas.search.portable.InputSpec.to_json`):
+            ``shape`` ``[C, H, W]`` (batch dynamic), ``dtype``, ``layout`` and the
+            ``normalization`` (per-channel ``mean``/``std`` in [0, 1] pixel units). Absent in
+            exports written before portable artifacts.
+        artifacts: The portable files next to ``model.json``, by format: ``"pt2"`` (a
+            ``torch.export`` program) and ``"onnx"``, each ``{"file", "sha256", ...}``. Absent
+            when none was written.
+        cost: The cost axis of the front the model was exported from and the model's value on
+            it (:func:`stitchnas.search.cost.export_cost`: ``axis``, ``unit``, ``value``; latency
+            also its spread and how it was measured). Absent in exports written before the axis
+            was recorded.
     """
 
     format: str = MODEL_FORMAT
@@ -422,6 +433,9 @@ class ModelCard:
     weights_sha256: str
     notation: tuple[int, ...] | None = None
     label: str | None = None
+    input: dict[str, Any] | None = None
+    artifacts: dict[str, dict[str, Any]] | None = None
+    cost: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _check_format(self, MODEL_FORMAT, MODEL_FORMAT_VERSION)

@@ -56,6 +56,7 @@ from stitchnas.core.runs import RUN_CONFIG, prepare_run_dir
 from stitchnas.core.training import TrainHistory
 from stitchnas.data import DataSpec, DataSplits, load_data
 from stitchnas.methods.snnet import StitchedNetworkMethod, init_batch
+from stitchnas.search.cost import COST_ABSENT, CostConfig
 from stitchnas.search.pipeline import HV_REFERENCES, TrainContext
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,8 @@ class LearngenePoolConfig:
     (SN-Net's, on ``init_samples`` images of ``search_train``). With ResNet students,
     ``"matrices"`` leaves the layers no matched pair defines (a stage without one; a
     bottleneck student's block 0 entered at its stem width) to the least-squares init
-    (:mod:`stitching.learngene_cnn`).
+    (:mod:`stitching.learngene_cnn`). ``cost`` is the front's cost axis
+    (:mod:`stitchnas.search.cost`; default FLOPs, absent from the JSON then).
     """
 
     distill_run: str
@@ -123,13 +125,16 @@ class LearngenePoolConfig:
     eval_batch_size: int = 256
     export_front: bool = True
     hv_reference: str = "evaluated"  # see stitchnas.search.pipeline.HV_REFERENCES
+    cost: CostConfig = field(default_factory=CostConfig)
 
     json_kind: ClassVar[str] = "learngene_pool"
+    json_absent: ClassVar[dict[str, Any]] = COST_ABSENT
 
     def __post_init__(self) -> None:
         if self.hv_reference not in HV_REFERENCES:
             raise ValueError(f"learngene pool 'hv_reference': expected one of {HV_REFERENCES}, "
                              f"got {self.hv_reference!r}")
+        self.cost.check(self.hv_reference, "learngene pool")
         object.__setattr__(self, "distill_run", str(Path(self.distill_run).resolve()))
         object.__setattr__(self, "students", tuple(self.students))
         if self.init not in INITS:

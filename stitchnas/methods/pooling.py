@@ -39,8 +39,10 @@ from stitchnas.search.candidates import (
     ship_split,
     unship_split,
 )
-from stitchnas.search.export import export_model
+from stitchnas.search.cost import COST_ABSENT, CostConfig
+from stitchnas.search.export import InputSpec, export_model
 from stitchnas.search.pipeline import HV_REFERENCES, SearchMethod, TrainContext
+from stitchnas.search.rank_rule import RankRule
 from supernet.bms import MixtureConfig, MixtureOfSuperNets, train_mixture
 from supernet.evaluation import EvalConfig, evaluate_path, prepare_path
 from supernet.flops import pooling_flops, pooling_params
@@ -52,12 +54,16 @@ log = logging.getLogger(__name__)
 
 SUPERNET_CHECKPOINT = "supernet.pt"
 RESULTS_FILE = "results.csv"
+#: The front's score of a new pooling search (issue 15, BENCHMARKS.md "Search quality").
+DEFAULT_RANK = RankRule("score")
 
 
 @dataclass(frozen=True)
 class PoolingSearchConfig:
     """A pooling search's ``run_config.json`` (``"kind": "pooling_search"``), decoded strictly;
-    ``max_candidates``, ``export_front``, ``mixture`` and ``hv_reference`` may be absent (older runs)."""
+    ``max_candidates``, ``export_front``, ``mixture`` and ``hv_reference`` may be absent (older runs);
+    ``cost`` (the front's cost axis, :mod:`stitchnas.search.cost`) is absent for FLOPs; ``rank``
+    (the front's score, :mod:`stitchnas.search.rank_rule`) is absent when it is the supernet score."""
 
     space: PoolingSpace = field(metadata=OWN_JSON)
     data: DataSpec = field(default_factory=DataSpec)
@@ -67,13 +73,18 @@ class PoolingSearchConfig:
     export_front: bool = True
     mixture: MixtureConfig | None = None  # None: one supernet (SPOS); else BMS / GM mixture
     hv_reference: str = "evaluated"  # see stitchnas.search.pipeline.HV_REFERENCES
+    cost: CostConfig = field(default_factory=CostConfig)  # the front's cost axis (default FLOPs)
+    rank: RankRule = field(default_factory=lambda: DEFAULT_RANK)  # the front's score
 
     json_kind: ClassVar[str] = "pooling_search"
     json_keep_none: ClassVar[bool] = True
+    # runs written before "rank" existed ranked by the supernet score
+    json_absent: ClassVar[dict[str, Any]] = {**COST_ABSENT, "rank": RankRule("score")}
 
     def __post_init__(self) -> None:
         if self.hv_reference not in HV_REFERENCES:
             raise ValueError(f"search 'hv_reference': expected one of {HV_REFERENCES}, got {self.hv_reference!r}")
+        self.cost.check(self.hv_reference)
         if self.max_candidates is not None and self.max_candidates < 1:
             raise ValueError(f"search 'max_candidates': expected >= 1 or None, got {self.max_candidates}")
         if self.mixture is not None:
@@ -149,7 +160,7 @@ def candidate_row(space: PoolingSpace, config: PoolingConfig, data: DataSplits) 
         "label": space.describe(config),
         "config": ",".join(str(p) for p in config.positions),
         "flops": pooling_flops(space, config, data.input_size, data.in_chans, data.num_classes),
-        "params": pooling_params(space, data.in_chans, data.num_classes),
+        "params": pooling_params(space, data.in_chans, data.num_classes, config),
     }
 
 
@@ -178,6 +189,12 @@ class PoolingTask(CandidateTask):
     def flops(self, index: int) -> int:
         return pooling_flops(self.space, self.space.config(index), self.data.input_size, self.data.in_chans,
                              self.data.num_classes)
+
+    def standalone(self, index: int) -> nn.Module:
+        """The placement's standalone network (:func:`supernet.networks.build_model`), freshly initialised."""
+        from supernet.networks import build_model
+
+        return build_model(self.space, self.space.config(index), ModelSpec(self.data.in_chans, self.data.num_classes))
 
     def default_index(self) -> int:
         return self.space.index(self.space.default_config())
@@ -300,10 +317,10 @@ def _export_pooling_model(folder: Path, model: nn.Module, space: PoolingSpace, c
         "notation": list(space.notation(config)),
         "model": {"spec": {"in_chans": data.in_chans, "num_classes": data.num_classes}, "input_size": data.input_size},
         "flops": pooling_flops(space, config, data.input_size, data.in_chans, data.num_classes),
-        "params": pooling_params(space, data.in_chans, data.num_classes),
+        "params": pooling_params(space, data.in_chans, data.num_classes, config),
         "metrics": metrics,
     }
-    export_model(folder, model, "pooling", body, provenance)
+    export_model(folder, model, "pooling", body, provenance, inputs=InputSpec.from_data(data))
     return folder
 
 
@@ -329,6 +346,10 @@ class PoolingMethod(SearchMethod):
 
     def run_config(self) -> dict[str, Any]:
         return self.cfg.to_json()
+
+    @property
+    def rank(self) -> RankRule:
+        return self.cfg.rank
 
     @property
     def recipe(self) -> TrainConfig:

@@ -59,7 +59,8 @@ from stitchnas.search.candidates import (
     ship_split,
     unship_split,
 )
-from stitchnas.search.export import export_model
+from stitchnas.search.cost import COST_ABSENT, CostConfig
+from stitchnas.search.export import InputSpec, export_model
 from stitchnas.search.pipeline import HV_REFERENCES, SearchConfig, SearchMethod, TrainContext
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ class StitchSearchConfig:
     ``reset_head`` gives every anchor a freshly initialised head even when its checkpoint's class
     count matches the data's (same count, other classes); fresh heads train at the stitching
     layers' learning rate, not the anchors'.
+
+    ``cost`` is the front's cost axis (:mod:`stitchnas.search.cost`; default FLOPs, absent from
+    the JSON then).
     """
 
     anchors: tuple[AnchorRef, ...]
@@ -108,14 +112,17 @@ class StitchSearchConfig:
     lora_rank: int | None = None
     hv_reference: str = "evaluated"  # see stitchnas.search.pipeline.HV_REFERENCES
     reset_head: bool = False
+    cost: CostConfig = field(default_factory=CostConfig)
 
     json_kind: ClassVar[str] = "stitch_search"
     json_keep_none: ClassVar[bool] = True  # v1 writes "route_types": null
+    json_absent: ClassVar[dict[str, Any]] = COST_ABSENT
 
     def __post_init__(self) -> None:
         if self.hv_reference not in HV_REFERENCES:
             raise ValueError(f"stitch search 'hv_reference': expected one of {HV_REFERENCES}, "
                              f"got {self.hv_reference!r}")
+        self.cost.check(self.hv_reference, "stitch search")
         object.__setattr__(self, "anchors", tuple(self.anchors))  # a list given is frozen, not changed
         if len(self.anchors) < 2:
             raise ValueError(f"stitch search 'anchors': expected at least 2 anchors, got {len(self.anchors)}")
@@ -309,6 +316,12 @@ class StitchTask(CandidateTask):
     def flops(self, index: int) -> int:
         return int(self.flops_by_id[index])
 
+    def standalone(self, index: int) -> nn.Module:
+        """The configuration's standalone module as exported (plain stitching layers), freshly
+        initialised (:meth:`~stitching.snnet.SNNet.export_active` without the weights)."""
+        self.snnet.set_active(index)
+        return self.snnet.export_active(preserve_weight=False)
+
     def default_index(self) -> int:
         """The largest anchor (ids ``0..A-1`` are the anchors; a stitch may cost more)."""
         return max(range(self.snnet.space.num_anchors), key=self.flops)
@@ -426,7 +439,7 @@ def export_stitch_config(
         "metrics": metrics,
     }
     folder = Path(folder)
-    export_model(folder, model.cpu(), "stitch", body, provenance)
+    export_model(folder, model.cpu(), "stitch", body, provenance, inputs=InputSpec.from_data(data))
     return folder
 
 

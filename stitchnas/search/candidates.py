@@ -30,6 +30,7 @@ from stitchnas.core.io import ResultsTable
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from stitchnas.core.training import ImageSplit, StreamSource
 
@@ -161,6 +162,28 @@ class CandidateTask(ABC):
     def default_index(self) -> int:
         """The candidate a seeded subset always contains (the preset / largest model)."""
         return max(range(len(self)), key=self.flops)
+
+    # ---------------------------------------------------------------- measured cost
+    def standalone(self, index: int) -> nn.Module:
+        """The plain module candidate ``index`` exports to, freshly initialised (the export's
+        architecture; latency does not depend on the weights), on the CPU, for measuring its
+        latency (:mod:`stitchnas.search.cost`).
+
+        Raises:
+            NotImplementedError: The task cannot build its candidates alone.
+        """
+        raise NotImplementedError(f"{type(self).__name__}: candidates cannot be built alone to measure latency")
+
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of one input image (default: the task's ``data`` splits).
+
+        Raises:
+            NotImplementedError: The task has no ``data``.
+        """
+        data = getattr(self, "data", None)
+        if data is None:
+            raise NotImplementedError(f"{type(self).__name__}: no input shape (the task holds no data)")
+        return (int(data.in_chans), int(data.input_size), int(data.input_size))
 
     def sample(self, size: int, seed: int) -> list[int]:
         """A seeded subset of ``size`` candidates, always with :meth:`default_index`, sorted."""

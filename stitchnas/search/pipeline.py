@@ -3,7 +3,8 @@
 A run is always the same sequence of persisted stages, each finished before the next starts::
 
     claim the run folder (run_config.json) -> train (epoch checkpoints) -> score the candidates
-    (results.csv, one row each, any backend) -> Pareto front (pareto.json, pareto.png) -> exports/
+    (results.csv, one row each, any backend) -> cost (FLOPs, parameters, or latency measured once
+    per candidate into latency.csv) -> Pareto front (pareto.json, pareto.png) -> exports/
 
 so ``resume=True`` continues an interrupted run where it stopped and ends with the files an
 uninterrupted run writes. A method says only what differs, through :class:`SearchMethod`
@@ -41,7 +42,9 @@ from stitchnas.search.candidates import (
     clear_results,
     evaluate_in_process,
 )
+from stitchnas.search.cost import CostConfig, annotate_export, export_cost, front_cost, space_reference
 from stitchnas.search.front import FrontSummary, summarize_front
+from stitchnas.search.rank_rule import RankRule
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,6 +88,9 @@ class SearchConfig(Protocol):
 
     @property
     def export_front(self) -> bool: ...
+
+    @property
+    def cost(self) -> CostConfig: ...
 
 
 class Recipe(Protocol):
@@ -139,6 +145,17 @@ class SearchMethod(ABC):
     @property
     def export_front(self) -> bool:
         return self.cfg.export_front
+
+    @property
+    def cost(self) -> CostConfig:
+        """The front's cost axis (:mod:`stitchnas.search.cost`; FLOPs by default)."""
+        return self.cfg.cost
+
+    @property
+    def rank(self) -> RankRule:
+        """The front's ranking score (:mod:`stitchnas.search.rank_rule`): the validation
+        accuracy unless the method offers a blend."""
+        return RankRule()
 
     # ------------------------------------------------------------------ stages
     @abstractmethod
@@ -233,7 +250,8 @@ class SearchResult:
 
     @property
     def front(self) -> list[ResultRow]:
-        """The Pareto-optimal candidates (FLOPs lower, accuracy higher), cheapest first."""
+        """The Pareto-optimal candidates (cost lower, accuracy higher; the cost is FLOPs unless
+        the config's ``cost`` says otherwise), cheapest first."""
         return [ResultRow.from_row(r) for r in self.summary.front]
 
     @property
@@ -277,7 +295,7 @@ def _claim(method: SearchMethod, out_dir: str | Path, resume: bool) -> Path:
 
 def _reference(method: SearchMethod, task: CandidateTask) -> tuple[float, float] | None:
     if method.hv_reference == "space":
-        return (1.1 * max(task.flops(i) for i in range(len(task))), 0.0)
+        return space_reference(method.cost.axis, task)
     return None
 
 
@@ -291,8 +309,10 @@ def _score(method: SearchMethod, network: nn.Module, data: DataSplits, out: Path
                          subset_size=method.subset_size, progress=progress, device=method.device))
     log.info("results: %s", out / RESULTS_FILE)
     rows = table.rows()
+    cost = front_cost(method.cost, task, rows, out, method.device, progress)  # latency: measured once, cached
     summary = summarize_front(rows, out, default_candidate=str(task.default_index()),
-                              reference=_reference(method, task), title=method.title(network, data, what))
+                              reference=_reference(method, task), title=method.title(network, data, what), cost=cost,
+                              rank=method.rank)
     return rows, summary, task
 
 
@@ -328,6 +348,7 @@ def run_search(
             index = int(row["candidate"])
             folder = out / EXPORTS_DIR / method.export_dir_name(network, index)
             exports.append(method.export(folder, network, index, data, provenance, search_val_acc=row["val_acc"]))
+            annotate_export(folder, export_cost(summary.cost, summary.cost_column, row))
         log.info("exported %d Pareto-optimal models to %s", len(exports), out / EXPORTS_DIR)
     log.info("Pareto front: %s (%d of %d %s)", out / "pareto.json", len(summary.front), len(rows), method.noun)
     return SearchResult(out, rows, summary, exports, history, method=method, run_dir=out)
@@ -380,7 +401,11 @@ def export_from_run(method: SearchMethod, run_dir: str | Path, candidate: int | 
         check_results(table, len(method.task(network, data)))
         recorded = next((r["val_acc"] for r in table.rows() if str(r["candidate"]) == str(index)), None)
     folder = Path(out_dir) if out_dir is not None else run / SELECTED_DIR / method.export_dir_name(network, index)
-    return method.export(folder, network, index, data, method.provenance(run), search_val_acc=recorded)
+    folder = method.export(folder, network, index, data, method.provenance(run), search_val_acc=recorded)
+    task = method.task(network, data)
+    cost = front_cost(method.cost, task, [{**task.row(index), "status": "ok"}], run, method.device, progress=False)
+    annotate_export(folder, cost.record(cost.rows([task.row(index)])[0]))
+    return folder
 
 
 def rows_by_candidate(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:

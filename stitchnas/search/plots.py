@@ -30,10 +30,11 @@ _ANNOTATE_MAX_CELLS = 300  # beyond this, numbers in heatmap cells become unread
 
 @dataclass(frozen=True, eq=False)
 class ParetoPlotData:
-    """Everything :func:`plot_pareto` draws, in plot units (MFLOPs).
+    """Everything :func:`plot_pareto` draws, in plot units (MFLOPs by default: the cost times
+    ``x_scale``; the ``mflops`` fields hold whatever cost the front uses, e.g. milliseconds).
 
     Attributes:
-        mflops: MFLOPs of every drawable (finite) candidate.
+        mflops: Cost in plot units of every drawable (finite) candidate.
         accuracy: Accuracy of every drawable candidate.
         front_mflops: Front members by increasing MFLOPs (the step line).
         front_accuracy: Their accuracy.
@@ -72,6 +73,7 @@ def pareto_plot_data(
     front_idx: Sequence[int] | np.ndarray,
     labels: Sequence[str] | None = None,
     default_idx: int | None = None,
+    x_scale: float = 1e-6,
 ) -> ParetoPlotData:
     """Computes what :func:`plot_pareto` draws; arguments as there.
 
@@ -98,13 +100,13 @@ def pareto_plot_data(
         d = _index(default_idx, n, "default_idx")
         if not finite[d]:
             raise ValueError(f"default_idx={d} points to a candidate without finite values")
-        default_point = (float(f[d]) / 1e6, float(a[d]))
+        default_point = (float(f[d]) * x_scale, float(a[d]))
         default_label = str(labels[d]) if labels is not None else ""
     names = [str(labels[i]) if labels is not None else "" for i in front]
     return ParetoPlotData(
-        mflops=f[finite] / 1e6,
+        mflops=f[finite] * x_scale,
         accuracy=a[finite],
-        front_mflops=f[front] / 1e6,
+        front_mflops=f[front] * x_scale,
         front_accuracy=a[front],
         front_labels=tuple(names),
         default_point=default_point,
@@ -129,7 +131,7 @@ def _save_png(figure: Figure, path: str | Path, dpi: int) -> Path:
     return Path(path)
 
 
-def draw_pareto(data: ParetoPlotData, title: str, ylabel: str = "accuracy") -> Figure:
+def draw_pareto(data: ParetoPlotData, title: str, ylabel: str = "accuracy", xlabel: str = "MFLOPs") -> Figure:
     """Renders :class:`ParetoPlotData` onto a new Agg figure."""
     figure = _new_figure(7.0, 5.0)
     ax = figure.add_subplot(1, 1, 1)
@@ -149,7 +151,7 @@ def draw_pareto(data: ParetoPlotData, title: str, ylabel: str = "accuracy") -> F
     if data.num_hidden:
         ax.text(0.01, 0.01, f"{data.num_hidden} candidate(s) not shown (missing/NaN/inf)",
                 transform=ax.transAxes, fontsize=7, color="0.4")
-    ax.set_xlabel("MFLOPs")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -167,12 +169,15 @@ def plot_pareto(
     title: str = "FLOPs vs accuracy",
     ylabel: str = "accuracy",
     dpi: int = 120,
+    xlabel: str = "MFLOPs",
+    x_scale: float = 1e-6,
 ) -> Path:
-    """Writes a FLOPs-vs-accuracy PNG: all candidates grey, the front as a step line.
+    """Writes a cost-vs-accuracy PNG (FLOPs by default): all candidates grey, the front as a step line.
 
     Args:
         path: Output PNG file (written atomically).
-        flops: FLOPs per candidate (plotted in MFLOPs); ``None``/NaN/inf ones are not drawn.
+        flops: Cost per candidate (FLOPs by default, plotted in MFLOPs); ``None``/NaN/inf ones
+            are not drawn.
         acc: Accuracy per candidate.
         front_idx: Indices of the front (e.g. from :func:`stitchnas.search.pareto.pareto_front`).
         labels: Optional label per candidate; front members and the default are annotated.
@@ -180,12 +185,14 @@ def plot_pareto(
         title: Plot title.
         ylabel: Y-axis label.
         dpi: Resolution.
+        xlabel: X-axis label (the cost axis in plot units).
+        x_scale: Plot units per cost unit (1e-6: FLOPs drawn in MFLOPs; 1.0 for milliseconds).
 
     Returns:
         ``path`` as a ``Path``.
     """
-    data = pareto_plot_data(flops, acc, front_idx, labels, default_idx)
-    return _save_png(draw_pareto(data, title, ylabel), path, dpi)
+    data = pareto_plot_data(flops, acc, front_idx, labels, default_idx, x_scale)
+    return _save_png(draw_pareto(data, title, ylabel, xlabel), path, dpi)
 
 
 def plot_matrix(

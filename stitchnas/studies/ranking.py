@@ -17,7 +17,10 @@ import numpy as np
 
 __all__ = [
     "RankingReport",
+    "blend",
+    "budget_regret",
     "compare",
+    "cost_proxy",
     "kendall_tau",
     "regret",
     "spearman_rho",
@@ -142,6 +145,56 @@ def regret(est: Sequence[float] | np.ndarray, truth: Sequence[float] | np.ndarra
     if len(x) == 0:
         raise ValueError("regret: needs at least one candidate")
     return float(np.max(y) - y[int(np.argmax(x))])
+
+
+def budget_regret(est: Sequence[float] | np.ndarray, truth: Sequence[float] | np.ndarray,
+                  cost: Sequence[float] | np.ndarray) -> float:
+    """Mean regret over budgets: for every distinct ``cost`` value b, the best true score among
+    candidates costing at most b minus the true score of the one the estimate ranks first
+    among them. What a user who deploys "the best model within my budget" loses, averaged
+    over the budgets the space offers (units of ``truth``). Ties go to the lowest index.
+
+    Raises:
+        ValueError: If the inputs are empty, of different lengths, or malformed.
+    """
+    x, y = _pair(est, truth, "budget_regret")
+    c, _ = _pair(cost, truth, "budget_regret")
+    if len(x) == 0:
+        raise ValueError("budget_regret: needs at least one candidate")
+    losses = []
+    for budget in np.unique(c):
+        idx = np.flatnonzero(c <= budget)
+        losses.append(float(np.max(y[idx]) - y[idx[int(np.argmax(x[idx]))]]))
+    return float(np.mean(losses))
+
+
+def cost_proxy(flops: Sequence[float] | np.ndarray, params: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The no-training baseline: the mean of the average ranks of FLOPs and of parameters
+    (more compute or capacity ranks higher). On a space where every placement has the same
+    parameters it orders as FLOPs alone; where FLOPs are equal, as parameters.
+
+    Returns:
+        ``(n,)`` float array, higher = predicted better.
+    """
+    f, p = _pair(flops, params, "cost_proxy")
+    return (_average_ranks(f) + _average_ranks(p)) / 2.0
+
+
+def blend(score: Sequence[float] | np.ndarray, proxy: Sequence[float] | np.ndarray,
+          weight: float = 0.5) -> np.ndarray:
+    """Rank blend of a supernet score with a no-training proxy:
+    ``weight * rank(proxy) + (1 - weight) * rank(score)`` with average ranks (ties share).
+
+    Ranks, not values, so the supernet's accuracy scale (often compressed, sometimes near
+    chance for some placements) cannot swamp the proxy or the reverse.
+
+    Raises:
+        ValueError: ``weight`` outside [0, 1] or malformed inputs.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"blend: weight must be in [0, 1], got {weight!r}")
+    s, q = _pair(score, proxy, "blend")
+    return weight * _average_ranks(q) + (1.0 - weight) * _average_ranks(s)
 
 
 @dataclass(frozen=True)
