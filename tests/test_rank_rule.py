@@ -12,6 +12,7 @@ import pytest
 import stitchnas
 from searchspace.pooling import create_space
 from stitchnas.cli import main
+from stitchnas.cli.options import print_front
 from stitchnas.data import DataSpec
 from stitchnas.methods.pooling import PoolingSearchConfig
 from stitchnas.search.front import summarize_front
@@ -73,7 +74,7 @@ def test_rank_rule_checks_its_fields_and_old_run_configs_rank_by_score():
     assert "rank" not in PoolingSearchConfig(space=cfg.space, rank=RankRule("score")).to_json()
 
 
-def test_a_blend_search_writes_the_blend_front_and_resume_refuses_another_rule(tmp_path):
+def test_a_blend_search_writes_the_blend_front_and_resume_refuses_another_rule(tmp_path, capsys):
     cfg = PoolingSearchConfig(
         space=create_space("resnet20", width_scale=0.25),
         data=DataSpec(name="digits", input_size=8, seed=0, max_train_samples=300),
@@ -86,6 +87,12 @@ def test_a_blend_search_writes_the_blend_front_and_resume_refuses_another_rule(t
     best = max(rows, key=lambda r: r["rank_score"])
     assert str(best["candidate"]) in front  # the blend's overall pick is on the front
     assert json.loads((out / "run_config.json").read_text())["rank"] == {"by": "blend", "weight": 0.5}
+    print_front(result)
+    printed = capsys.readouterr().out.splitlines()
+    assert "ranked by the blend of val acc and FLOPs/params ranks (weight 0.5)" in printed[0]
+    assert printed[1].split()[-3:] == ["rank", "score", "label"]
+    assert [float(line.split()[-2]) for line in printed[2:2 + len(front)]] == sorted(
+        round(r["rank_score"], 3) for r in result.summary.front)  # cheapest first: the score rises along the front
     with pytest.raises(ValueError, match=r"differing: \['rank'\]"):
         stitchnas.run_search(PoolingSearchConfig(**{**cfg.__dict__, "rank": RankRule("score")}), out, resume=True,
                              progress=False)

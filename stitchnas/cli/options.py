@@ -394,12 +394,17 @@ def print_front(result: SearchResult, hv_reference: str | None = None) -> None:
     noun = result.method.noun if result.method is not None else "candidates"
     axis = summary.cost.get("axis", "flops")
     column = {"params": ("params", "{:>10}"), "latency": ("latency ms", "{:>10.4g}")}.get(axis)
+    blend = summary.rank.get("by") == "blend"
     on = "" if axis == "flops" else f", by {axis}"
+    if blend:
+        on += f", ranked by the blend of val acc and FLOPs/params ranks (weight {summary.rank['weight']:g})"
     print(f"Pareto front ({len(summary.front)} of {len(result.rows)} {noun}{on}):")
-    print(f"  {'id':>5} {'MFLOPs':>9}" + (f" {column[0]:>10}" if column else "") + f" {'val acc %':>9}  label")
+    print(f"  {'id':>5} {'MFLOPs':>9}" + (f" {column[0]:>10}" if column else "") + f" {'val acc %':>9}"
+          + (f" {'rank score':>10}" if blend else "") + "  label")
     for row in summary.front:
         cell = (" " + column[1].format(row[summary.cost_column])) if column else ""
-        print(f"  {row['candidate']:>5} {row['flops'] / 1e6:9.3f}{cell} {row['val_acc']:9.2f}  {row['label']}")
+        score = f" {row['rank_score']:10.3f}" if blend else ""
+        print(f"  {row['candidate']:>5} {row['flops'] / 1e6:9.3f}{cell} {row['val_acc']:9.2f}{score}  {row['label']}")
     ref_cost, ref_acc = summary.reference
     option = f"; --hv-reference {hv_reference}" if hv_reference else ""
     where = {"flops": f"{ref_cost / 1e6:.3f} MFLOPs", "params": f"{ref_cost:.0f} parameters",
@@ -408,7 +413,8 @@ def print_front(result: SearchResult, hv_reference: str | None = None) -> None:
         c = summary.cost
         option += (f"; latency: median of {c.get('repeats')} passes at batch {c.get('batch')} on {c.get('device')}, "
                    f"{c.get('threads')} thread(s)")
-    print(f"hypervolume: {summary.hypervolume:.6g} (reference {where}, {ref_acc:g}% accuracy{option})")
+    y = f"rank score {ref_acc:g}" if blend else f"{ref_acc:g}% accuracy"
+    print(f"hypervolume: {summary.hypervolume:.6g} (reference {where}, {y}{option})")
     extra = (", latency.csv" if axis == "latency" else "") + (", exports/" if result.exports else "")
     print(f"outputs: {Path(result.out_dir).resolve()} (results.csv, pareto.json, pareto.png{extra})")
 

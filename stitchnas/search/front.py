@@ -36,6 +36,8 @@ class FrontSummary:
         reference: ``(cost, accuracy)`` reference point of the hypervolume.
         cost: The cost axis (``pareto.json`` key ``"cost"``: ``axis``, ``unit``, ...).
         cost_column: The row key the front ranks (``flops``, ``params`` or ``latency_ms``).
+        rank: The score the front maximises (``pareto.json`` key ``"rank"``: ``by``, ``column``,
+            and for a blend its ``weight``; :mod:`stitchnas.search.rank_rule`).
     """
 
     front: list[dict[str, Any]]
@@ -45,6 +47,7 @@ class FrontSummary:
     extra: dict[str, Any] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=lambda: dict(FLOPS_COST.info))
     cost_column: str = "flops"
+    rank: dict[str, Any] = field(default_factory=lambda: RankRule().info())
 
 
 def _usable(row: dict[str, Any], column: str = "flops", score: str = "val_acc") -> bool:
@@ -97,7 +100,7 @@ def summarize_front(
     hv = float(hypervolume_2d(values[idx], acc[idx], reference)) if idx else 0.0
     front = [dict(usable[i]) for i in idx]
     summary = FrontSummary(front=front, excluded=excluded, hypervolume=hv, reference=reference,
-                           cost=dict(cost.info), cost_column=column)
+                           cost=dict(cost.info), cost_column=column, rank=rank.info())
     atomic_write_json(out_dir / "pareto.json", {
         "objectives": {column: "minimize", score: "maximize"},
         "cost": cost.info,
