@@ -303,7 +303,10 @@ def gradient_similarity(supernet: PoolingSuperNet, space: PoolingSpace, batches:
         total: torch.Tensor | None = None
         for x, y in data:
             loss = nn.functional.cross_entropy(supernet(x), y)
-            g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, params, allow_unused=False)])
+            # a weight this configuration does not use (in a sliced supernet, a projection
+            # shortcut where it keeps the width) has a zero gradient
+            grad = torch.autograd.grad(loss, params, allow_unused=True)
+            g = torch.cat([(torch.zeros_like(p) if t is None else t).reshape(-1) for p, t in zip(params, grad)])
             total = g if total is None else total + g
         if total is None:
             raise ValueError("gradient similarity: no full training batch (check gm_batches and batch_size)")

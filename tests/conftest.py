@@ -66,3 +66,17 @@ def tiny_vit_family(tmp_path_factory, stitch_data_spec):
         return folders[depth, epochs]
 
     return family
+
+
+@pytest.fixture(autouse=True)
+def _weights_only_exports(request):
+    """Exports write ``model.pt`` only, except in test_portable_export.py, which tests the
+    portable artifacts every export writes by default: tracing and checking a ``torch.export``
+    program costs about a second per model, and most other tests export several."""
+    if request.module.__name__.rsplit(".", 1)[-1] == "test_portable_export":
+        yield
+        return
+    from stitchnas.search.export import export_formats
+
+    with export_formats("pt"):
+        yield

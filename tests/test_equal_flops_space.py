@@ -106,3 +106,17 @@ def test_shared_prefix_scores_equal_per_placement_scores_on_the_equal_flops_spac
             buffers = {k: v for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
             assert buffers.keys() == states[i].keys()
             assert all(torch.equal(buffers[k], states[i][k]) for k in buffers)
+
+
+def test_gm_gradient_similarity_runs_on_the_sliced_supernet():
+    from supernet.bms import gradient_similarity
+    from stitchnas.core.training import batches_for
+
+    space = create_space("resnet20_equal_flops", width_scale=0.25)
+    torch.manual_seed(0)
+    supernet = build_supernet(space, ModelSpec(1, 10))
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 1, 8, 8, generator=g), torch.randint(0, 10, (64,)))
+    sim = gradient_similarity(supernet, space, batches_for(data, torch.device("cpu")), 32, 1, 0)
+    assert sim.shape == (36, 36) and torch.isfinite(torch.from_numpy(sim)).all()
+    assert abs(sim.diagonal() - 1).max() < 1e-9  # each configuration with itself
