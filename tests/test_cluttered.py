@@ -85,6 +85,7 @@ def test_load_data_integration() -> None:
         ({"min_scale": "2"}, "0 < min_scale <= max_scale"),
         ({"max_scale": float("inf")}, "0 < min_scale <= max_scale"),
         ({"max_patch": 9}, "min_patch <= max_patch <= 8"),
+        ({"test_renders_per_image": 0}, "test_renders_per_image must be an integer >= 1"),
     ],
 )
 def test_option_errors(options: dict, message: str) -> None:
@@ -99,7 +100,7 @@ def test_clutter_comes_only_from_other_images_of_the_same_split() -> None:
     images = np.repeat((np.arange(100, dtype=np.float32) + 1) / 256, 64).reshape(100, 8, 8)
     sources = np.array([3, 17, 42, 80])
     config = ClutterConfig(canvas_size=32, num_clutter=3, renders_per_image=2)
-    canvases, order = _render(images, sources, config, np.random.default_rng(0))
+    canvases, order = _render(images, sources, config, np.random.default_rng(0), config.renders_per_image)
     assert order.tolist() == [3, 3, 17, 17, 42, 42, 80, 80]
     for canvas, source in zip(canvases, order):
         ids = set(np.unique(np.rint(canvas * 256)).astype(int).tolist()) - {0}
@@ -109,6 +110,17 @@ def test_clutter_comes_only_from_other_images_of_the_same_split() -> None:
     # Clutter is cut from *other* images: with two sources, every canvas shows both.
     pair = np.array([5, 9])
     canvases, order = _render(images, pair, ClutterConfig(num_clutter=4, renders_per_image=3),
-                              np.random.default_rng(1))
+                              np.random.default_rng(1), 3)
     for canvas in canvases:
         assert set((np.unique(np.rint(canvas * 256)).astype(int) - 1).tolist()) - {-1} == {5, 9}
+
+
+def test_more_test_renderings_leave_the_training_data_unchanged() -> None:
+    from dataclasses import replace
+
+    base = make_cluttered_digits(seed=3, config=SMALL)
+    more = make_cluttered_digits(seed=3, config=replace(SMALL, test_renders_per_image=4))
+    assert np.array_equal(base.x_train, more.x_train) and np.array_equal(base.y_train, more.y_train)
+    assert len(more.x_test) == 4 * len(base.x_test) == 4 * len(set(base.test_sources.tolist()))
+    assert np.array_equal(np.unique(more.test_sources), np.unique(base.test_sources))
+    assert np.array_equal(more.y_test, np.repeat(base.y_test, 4))  # each test source 4 times, in order

@@ -79,7 +79,7 @@ def test_a_blend_search_writes_the_blend_front_and_resume_refuses_another_rule(t
         space=create_space("resnet20", width_scale=0.25),
         data=DataSpec(name="digits", input_size=8, seed=0, max_train_samples=300),
         train=TrainConfig(epochs=1, batch_size=32, lr=0.05, seed=0), eval=EvalConfig(calib_batches=2),
-        max_candidates=8, export_front=False, rank=RankRule("blend"))
+        max_candidates=8, rank=RankRule("blend"))
     out = tmp_path / "run"
     result = stitchnas.run_search(cfg, out, progress=False)
     rows = RankRule("blend").annotate(result.rows)
@@ -87,6 +87,11 @@ def test_a_blend_search_writes_the_blend_front_and_resume_refuses_another_rule(t
     best = max(rows, key=lambda r: r["rank_score"])
     assert str(best["candidate"]) in front  # the blend's overall pick is on the front
     assert json.loads((out / "run_config.json").read_text())["rank"] == {"by": "blend", "weight": 0.5}
+    for folder in result.exports:  # each export says how the front chose it
+        record = json.loads((folder / "model.json").read_text())
+        member = next(r for r in result.summary.front if folder.name.startswith(f"{int(r['candidate']):04d}_"))
+        assert record["rank"] == {"by": "blend", "weight": 0.5, "rank_score": member["rank_score"]}
+    assert len(result.exports) == len(front)
     print_front(result)
     printed = capsys.readouterr().out.splitlines()
     assert "ranked by the blend of val acc and FLOPs/params ranks (weight 0.5)" in printed[0]

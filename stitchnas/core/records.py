@@ -417,6 +417,8 @@ class ModelCard:
             it (:func:`stitchnas.search.cost.export_cost`: ``axis``, ``unit``, ``value``; latency
             also its spread and how it was measured). Absent in exports written before the axis
             was recorded.
+        rank: How the front that chose the model ranked (:mod:`stitchnas.search.rank_rule`:
+            ``by``, ``weight`` and the model's ``rank_score``). Only for fronts ranked by a blend.
     """
 
     format: str = MODEL_FORMAT
@@ -436,6 +438,7 @@ class ModelCard:
     input: dict[str, Any] | None = None
     artifacts: dict[str, dict[str, Any]] | None = None
     cost: dict[str, Any] | None = None
+    rank: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _check_format(self, MODEL_FORMAT, MODEL_FORMAT_VERSION)

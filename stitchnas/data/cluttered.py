@@ -41,6 +41,10 @@ class ClutterConfig:
         max_scale: Largest upsampling factor of the 8x8 digit.
         min_patch: Smallest side of a clutter crop, in source (8x8) pixels.
         max_patch: Largest side of a clutter crop, in source pixels.
+        test_renders_per_image: Samples rendered from each *test* source image (default: as
+            ``renders_per_image``). More test renderings shrink the evaluation noise of a
+            ground truth without changing the training data (the test split has its own
+            random stream).
     """
 
     canvas_size: int = 32
@@ -50,11 +54,14 @@ class ClutterConfig:
     max_scale: float = 3.0
     min_patch: int = 3
     max_patch: int = 5
+    test_renders_per_image: int | None = None
 
     def __post_init__(self) -> None:
         for name, low in (("canvas_size", 1), ("num_clutter", 0), ("renders_per_image", 1),
-                          ("min_patch", 1), ("max_patch", 1)):
+                          ("min_patch", 1), ("max_patch", 1), ("test_renders_per_image", 1)):
             value = getattr(self, name)
+            if name == "test_renders_per_image" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"cluttered_digits {name} must be an integer >= {low}, "
                                  f"got {value!r}")
@@ -103,10 +110,10 @@ def _upsample(patch: np.ndarray, size: int) -> np.ndarray:
 
 
 def _render(
-    images: np.ndarray, sources: np.ndarray, config: ClutterConfig, rng: np.random.Generator
+    images: np.ndarray, sources: np.ndarray, config: ClutterConfig, rng: np.random.Generator, renders: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Renders ``renders_per_image`` samples per source image; clutter comes from ``sources``."""
-    order = np.repeat(sources, config.renders_per_image)
+    """Renders ``renders`` samples per source image; clutter comes from ``sources``."""
+    order = np.repeat(sources, renders)
     size = config.canvas_size
     canvases = np.zeros((len(order), 1, size, size), dtype=np.float32)
     # Clutter comes from other images of this split only, so the splits stay disjoint.
@@ -116,7 +123,7 @@ def _render(
         scale = rng.uniform(config.min_scale, config.max_scale)
         # Donor positions in ``sources``, skipping the sample's own image.
         donors = rng.integers(0, len(sources) - 1, size=num_clutter)
-        donors += donors >= n // config.renders_per_image
+        donors += donors >= n // renders
         sides = rng.integers(config.min_patch, config.max_patch + 1, size=num_clutter)
         crops_at = rng.integers(0, _DIGIT_SIZE - sides + 1, size=(2, num_clutter))
         # Same scale as the digit, so clutter strokes look like digit strokes.
@@ -157,8 +164,9 @@ def make_cluttered_digits(
     train_src, test_src = stratified_split(labels, test_fraction, seed, "test_fraction")
     # Separate streams: the test renders do not change when train settings change.
     train_rng, test_rng = (np.random.default_rng([seed, stream]) for stream in (1, 2))
-    x_train, train_order = _render(images, train_src, config, train_rng)
-    x_test, test_order = _render(images, test_src, config, test_rng)
+    x_train, train_order = _render(images, train_src, config, train_rng, config.renders_per_image)
+    test_renders = config.test_renders_per_image or config.renders_per_image
+    x_test, test_order = _render(images, test_src, config, test_rng, test_renders)
     return ClutteredDigits(x_train, labels[train_order], train_order,
                            x_test, labels[test_order], test_order)
 

@@ -418,16 +418,17 @@ def space_reference(axis: str, task: CandidateTask) -> tuple[float, float]:
     return (1.1 * max(candidate_cost(axis, task, i) for i in range(len(task))), 0.0)
 
 
-def annotate_export(folder: str | Path, cost: dict[str, Any]) -> None:
+def annotate_export(folder: str | Path, cost: dict[str, Any], rank: dict[str, Any] | None = None) -> None:
     """Record ``cost`` (a :meth:`FrontCost.record`) as ``"cost"`` in the ``model.json`` of an
-    exported model, checked against :class:`~stitchnas.core.records.ModelCard` and rewritten
-    atomically; the weights are untouched."""
+    exported model, and ``rank`` (how a blend-ranked front chose it) as ``"rank"``, checked
+    against :class:`~stitchnas.core.records.ModelCard` and rewritten atomically; the weights
+    are untouched."""
     from stitchnas.core.io import atomic_write_json
     from stitchnas.core.records import ModelCard
     from stitchnas.search.export import RECORD_FILE, read_model_record
 
     model_dir, record = read_model_record(folder)
-    record = {**record, "cost": cost}
+    record = {**record, "cost": cost, **({"rank": rank} if rank is not None else {})}
     records.from_json(ModelCard, record, f"model config {model_dir / RECORD_FILE}")
     atomic_write_json(model_dir / RECORD_FILE, record)
 

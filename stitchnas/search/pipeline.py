@@ -348,7 +348,9 @@ def run_search(
             index = int(row["candidate"])
             folder = out / EXPORTS_DIR / method.export_dir_name(network, index)
             exports.append(method.export(folder, network, index, data, provenance, search_val_acc=row["val_acc"]))
-            annotate_export(folder, export_cost(summary.cost, summary.cost_column, row))
+            rank = ({"by": "blend", "weight": summary.rank["weight"], "rank_score": row["rank_score"]}
+                    if summary.rank.get("by") == "blend" else None)
+            annotate_export(folder, export_cost(summary.cost, summary.cost_column, row), rank)
         log.info("exported %d Pareto-optimal models to %s", len(exports), out / EXPORTS_DIR)
     log.info("Pareto front: %s (%d of %d %s)", out / "pareto.json", len(summary.front), len(rows), method.noun)
     return SearchResult(out, rows, summary, exports, history, method=method, run_dir=out)
