@@ -160,14 +160,7 @@ class PoolingSpace:
         """The widest each layer gets over all placements (the supernet's weight shapes)."""
         if self.stage_widths is None:
             return tuple(self.widths)
-        k, last = self.num_downsamples, self.num_layers - 1
-        # layer i sits in stage #positions <= i: at least k - #positions after i, at most
-        # #positions from first_position to i
-        return tuple(
-            max(self.stage_widths[s] for s in range(max(0, k - (last - i)),
-                                                     min(k, max(0, i - self.first_position + 1)) + 1))
-            for i in range(self.num_layers)
-        )
+        return tuple(max(column) for column in zip(*(self.layer_widths(c) for c in self)))
 
     @property
     def params_vary(self) -> bool:

@@ -129,9 +129,7 @@ class PoolingSuperNet(_PoolingCNNBase):
         super().__init__(space, spec, widths)
         block_cls = BLOCKS[space.block]
         conv_cls = SwitchableStrideConv2d if space.downsample == "conv" else nn.Conv2d
-        # layers where some placement changes the width carry the projection shortcut
-        transitions = {i for c in space for w in [space.layer_widths(c)]
-                       for i in range(1, space.num_layers) if w[i - 1] != w[i]}
+        transitions = _width_changes(space) if space.stage_widths is not None else set()
         for i in range(1, space.num_layers):
             pool: nn.Module = SwitchablePool(space.downsample) if space.downsample != "conv" else nn.Identity()
             block: StridedBlock
@@ -172,6 +170,11 @@ class PoolingSuperNet(_PoolingCNNBase):
             state = self.state_dict()
             model.load_state_dict(sliced_state_dict(state, model) if self.space.stage_widths is not None else state)
         return model.to(next(self.parameters()).device)
+
+
+def _width_changes(space: PoolingSpace) -> set[int]:
+    """Layers where some placement changes the width: they carry the projection shortcut."""
+    return {i for c in space for w in [space.layer_widths(c)] for i in range(1, space.num_layers) if w[i - 1] != w[i]}
 
 
 def build_model(space: PoolingSpace, config: PoolingConfig, spec: ModelSpec = ModelSpec()) -> PoolingNet:

@@ -40,6 +40,7 @@ from stitchnas.core.prefix import (
 from stitchnas.core.training import ImageSplit, autocast, batches_for, resolve_device
 from supernet.evaluation import EvalConfig, calibration_batches
 from supernet.networks import PoolingSuperNet, _SwitchablePoolingLayer, build_model
+from supernet.slimmable import leading
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def score_placements(
         for i, config in enumerate(configs):  # cut to the exported network's buffers and widths
             named = _named_state(work, trie.leaf[i], states)
             shapes = {k: v.shape for k, v in build_model(space, config, supernet.spec).state_dict().items()}
-            states_out[i] = {k: v[tuple(slice(0, n) for n in shapes[k])] for k, v in named.items() if k in shapes}
+            states_out[i] = {k: leading(v, shapes[k]) for k, v in named.items() if k in shapes}
     accs = tally.percents(len(batches))
     state_bytes = sum(tensor_bytes(t) for s in states.values() for bn in s for t in bn)
     report = PrefixReport(n, trie.num_steps, trie.path_steps, val_stats, calib_stats, state_bytes)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from supernet.layers import StridedBlock
+from supernet.ops import subsample
 
 
 class SlicedConv2d(nn.Conv2d):
@@ -100,8 +101,13 @@ class SlimmableBasicBlock(StridedBlock):
             assert self.downsample is not None, "a width change needs the projection shortcut"
             shortcut = self.downsample(x)
         else:
-            shortcut = x if self.stride == 1 else x[:, :, :: self.stride, :: self.stride]
+            shortcut = subsample(x, self.stride)
         return self.act2(out + shortcut)
+
+
+def leading(tensor: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """The first entries of ``tensor`` along every dimension, ``shape`` in all (a view)."""
+    return tensor[tuple(slice(0, n) for n in shape)]
 
 
 def sliced_state_dict(source: dict[str, torch.Tensor], target: nn.Module) -> dict[str, torch.Tensor]:
@@ -117,8 +123,8 @@ def sliced_state_dict(source: dict[str, torch.Tensor], target: nn.Module) -> dic
         src = source[name]
         if src.dim() != ref.dim() or any(s < r for s, r in zip(src.shape, ref.shape)):
             raise ValueError(f"{name}: cannot slice {tuple(src.shape)} to {tuple(ref.shape)}")
-        out[name] = src[tuple(slice(0, n) for n in ref.shape)].clone()
+        out[name] = leading(src, ref.shape).clone()
     return out
 
 
-__all__ = ["SlicedBatchNorm2d", "SlicedConv2d", "SlimmableBasicBlock", "sliced_state_dict"]
+__all__ = ["SlicedBatchNorm2d", "SlicedConv2d", "SlimmableBasicBlock", "leading", "sliced_state_dict"]

@@ -17,6 +17,8 @@ from supernet.shared_prefix import score_placements
 from supernet.slimmable import sliced_state_dict
 from supernet.training import TrainConfig, train
 
+from helpers import perturb_batchnorm
+
 
 def test_every_placement_costs_the_same_flops_within_2_percent_and_params_differ():
     space = resnet20_equal_flops_space(width_scale=0.5)
@@ -55,21 +57,12 @@ def test_space_json_round_trip_and_bad_stage_widths_are_named():
         space.with_options(block="bottleneck")
 
 
-def _randomise_batchnorm(model: torch.nn.Module) -> None:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-
-
 @pytest.mark.parametrize("downsample", ["maxpool", "conv"])
 def test_sliced_supernet_equals_its_exported_network_on_every_placement(downsample):
     space = resnet20_equal_flops_space(downsample=downsample, width_scale=0.25)
     torch.manual_seed(0)
     supernet = build_supernet(space, ModelSpec(1, 10))
-    _randomise_batchnorm(supernet)
+    perturb_batchnorm(supernet)
     x = torch.randn(3, 1, 12, 12)
     for config in space:
         supernet.eval().set_active(config)

@@ -37,18 +37,14 @@ from stitchnas.core.io import file_sha256
 from stitchnas.data import load_data
 from stitchnas.methods.learngene import LearngeneDistillRunConfig, load_teacher, read_distill_run
 
+from helpers import perturb_batchnorm
+
 TIMM_STEM = dict(in_chans=1, num_classes=10, img_size=16, stem_stride=2, stem="conv7x7_maxpool")
 
 
 def _teacher(widths=(8, 16, 32, 64), stages=(2, 2, 2, 2), block="basic") -> ResNetAnchor:
     model = ResNetAnchor(widths, stages, block=block, **TIMM_STEM)
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode differs from identity
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
+    perturb_batchnorm(model)
     return model.eval()
 
 

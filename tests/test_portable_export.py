@@ -47,6 +47,8 @@ from stitchnas.search.portable import (
 )
 from supernet.networks import ModelSpec, build_supernet
 
+from helpers import perturb_batchnorm
+
 TOL = 1e-4
 BATCHES = (1, 5)  # other sizes than the export's own checks (1, 3) and its trace (2)
 HAS_ONNX = not missing_onnx_modules()
@@ -57,17 +59,6 @@ BLOCKED = ("stitchnas", "searchspace", "supernet", "stitching")
 def _provenance(data) -> Provenance:
     return Provenance(source="test", run_dir="/runs/test", checkpoint_sha256="c" * 64, dataset=data.name,
                       input_size=data.input_size, seed=1)
-
-
-def _perturb_batchnorm(model: torch.nn.Module) -> None:
-    """Non-trivial BatchNorm statistics, so that eval mode differs from the identity."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
 
 
 def _vit_anchors(data, names=("vit_digits_tiny", "vit_digits_small"), depth=2):
@@ -107,7 +98,7 @@ def _export(kind: str, folder: Path, data8, data16, formats) -> tuple[Path, torc
         specs = default_students(teacher.config)
         students = [make_student(teacher.config, s) for s in specs]
         for student in students:
-            _perturb_batchnorm(student)
+            perturb_batchnorm(student)
         snnet = build_pool(students, [s.name for s in specs])
     config = _stitched(snnet)
     with export_formats(formats):

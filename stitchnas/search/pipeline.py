@@ -348,9 +348,7 @@ def run_search(
             index = int(row["candidate"])
             folder = out / EXPORTS_DIR / method.export_dir_name(network, index)
             exports.append(method.export(folder, network, index, data, provenance, search_val_acc=row["val_acc"]))
-            rank = ({"by": "blend", "weight": summary.rank["weight"], "rank_score": row["rank_score"]}
-                    if summary.rank.get("by") == "blend" else None)
-            annotate_export(folder, export_cost(summary.cost, summary.cost_column, row), rank)
+            annotate_export(folder, export_cost(summary.cost, summary.cost_column, row), method.rank.export_record(row))
         log.info("exported %d Pareto-optimal models to %s", len(exports), out / EXPORTS_DIR)
     log.info("Pareto front: %s (%d of %d %s)", out / "pareto.json", len(summary.front), len(rows), method.noun)
     return SearchResult(out, rows, summary, exports, history, method=method, run_dir=out)
@@ -397,16 +395,17 @@ def export_from_run(method: SearchMethod, run_dir: str | Path, candidate: int | 
     data = method.load_data()
     network = method.load_trained(run, data)
     index = method.parse_candidate(network, candidate)
+    task = method.task(network, data)
     recorded = None
     if (run / RESULTS_FILE).exists():
         table = ResultsTable(run / RESULTS_FILE, RESULT_COLUMNS)
-        check_results(table, len(method.task(network, data)))
+        check_results(table, len(task))
         recorded = next((r["val_acc"] for r in table.rows() if str(r["candidate"]) == str(index)), None)
     folder = Path(out_dir) if out_dir is not None else run / SELECTED_DIR / method.export_dir_name(network, index)
     folder = method.export(folder, network, index, data, method.provenance(run), search_val_acc=recorded)
-    task = method.task(network, data)
-    cost = front_cost(method.cost, task, [{**task.row(index), "status": "ok"}], run, method.device, progress=False)
-    annotate_export(folder, cost.record(cost.rows([task.row(index)])[0]))
+    row = task.row(index)
+    cost = front_cost(method.cost, task, [{**row, "status": "ok"}], run, method.device, progress=False)
+    annotate_export(folder, cost.record(cost.rows([row])[0]))
     return folder
 
 

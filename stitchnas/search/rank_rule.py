@@ -58,6 +58,13 @@ class RankRule:
             out.update(weight=self.weight, proxy="mean rank of FLOPs and parameters (higher ranks higher)")
         return out
 
+    def export_record(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """What an exported front member's ``model.json`` records as ``"rank"``: the rule and
+        the member's ``rank_score`` for a blend; None for ``score`` (the accuracy says it)."""
+        if self.by == "score":
+            return None
+        return {"by": self.by, "weight": self.weight, "rank_score": row["rank_score"]}
+
     def annotate(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """``rows`` with a ``rank_score`` in [0, 1] (``blend``; 1 = ranked first) computed over
         the rows with a finite accuracy, FLOPs and parameter count; others get NaN. ``score``
