@@ -13,7 +13,9 @@ folders (``--truth``, one per seed) made with the same space and data.
 
 Prints the truth's spread and seed agreement, then per method Kendall tau (per seed), Spearman
 rho, top-5 overlap, regret and budget regret (points) and the search's own seed-to-seed tau;
-``--bn-compare`` adds M=1 scored with per-batch BatchNorm statistics.
+``--bn-compare`` adds M=1 scored with per-batch BatchNorm statistics; ``--finetune-epochs E``
+adds the M=1 runs (``--finetune-ms``) ranked after fine-tuning every placement E epochs from
+the supernet's weights (36 x E x 45 more SGD steps per run; cached in each run folder).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import stitchnas
 from searchspace.pooling import create_space
@@ -84,6 +87,44 @@ def bn_mode_scores(run: Path, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
     batch, _ = score_placements(supernet, configs, data.search_train, data.search_val, batch_cfg)
     _, recal = search_estimates(run)
     return np.array(batch, dtype=float), np.array([recal[k] for k in keys])
+
+
+def finetune_scores(run: Path, keys: list[str], epochs: int, lr: float) -> np.ndarray:
+    """Every placement's ``search_val`` accuracy after ``epochs`` of fine-tuning its standalone
+    network from the run's supernet weights (BatchNorm re-calibrated first, as the search
+    scored it; SGD with cosine decay from ``lr`` on ``search_train``, the search's batch size
+    and seed). Cached in the run folder (``finetune_e{epochs}_lr{lr}.csv``), so re-ranking
+    is free."""
+    import json
+    from dataclasses import replace
+
+    from stitchnas.core.evaluation import accuracy
+    from stitchnas.core.io import atomic_write_text, load_checkpoint, read_json
+    from stitchnas.data import load_data
+    from stitchnas.methods.pooling import build_search_model
+    from supernet.evaluation import prepare_path
+    from supernet.networks import ModelSpec
+    from supernet.training import train
+
+    cache = run / f"finetune_e{epochs}_lr{lr:g}.json"
+    scores: dict[str, float] = json.loads(cache.read_text()) if cache.exists() else {}
+    todo = [k for k in keys if k not in scores]
+    if not todo:
+        return np.array([scores[k] for k in keys])
+    path = run / "run_config.json"
+    cfg = PoolingSearchConfig.from_json(read_json(path, "run config"), f"run config {path}")
+    data = load_data(cfg.data)
+    search = build_search_model(cfg, ModelSpec(data.in_chans, data.num_classes))
+    search.load_state_dict(load_checkpoint(run / "supernet.pt")["model"])
+    recipe = replace(cfg.train, epochs=epochs, lr=lr, lr_min=lr / 100)
+    print(f"  fine-tuning {len(todo)} placements of {run} ({epochs} epochs each)", flush=True)
+    for k in todo:  # the cache is written after each placement: an interrupted run resumes
+        model = prepare_path(search, cfg.space.config(int(k)), data.search_train, cfg.eval)
+        torch.manual_seed(cfg.train.seed)
+        train(model, data.search_train, recipe, progress=False)
+        scores[k] = accuracy(model, data.search_val, cfg.eval.batch_size, cfg.eval.device)
+        atomic_write_text(cache, json.dumps(scores, indent=1))
+    return np.array([scores[k] for k in keys])
 
 
 def truth_table(truth_dirs: list[str], space) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -166,6 +207,11 @@ def main() -> None:
     parser.add_argument("--blend-weight", type=float, default=0.5, help="weight of the no-training proxy in the blend")
     parser.add_argument("--bn-compare", action="store_true",
                         help="also score the M=1 supernets with per-batch BatchNorm statistics (needs supernet.pt)")
+    parser.add_argument("--finetune-epochs", type=int, default=0,
+                        help="also rank by search_val accuracy after fine-tuning every placement this many epochs "
+                             "from the supernet's weights (needs supernet.pt; 0: no)")
+    parser.add_argument("--finetune-lr", type=float, default=0.01)
+    parser.add_argument("--finetune-ms", default="1", help="the mixture sizes whose runs are fine-tuned")
     parser.add_argument("--out", default="runs/bench_ranking", help="root folder: e{epochs}/{m|gm}{M}_s{seed}")
     parser.add_argument("--search-only", action="store_true", help="run the searches, skip ranking")
     parser.add_argument("--rank-only", action="store_true",
@@ -194,7 +240,8 @@ def main() -> None:
           f"(max/min {flops.max() / flops.min():.3f}), parameters {params.min():,.0f}-{params.max():,.0f}")
     print(f"ground truth ({', '.join(args.truth)}): spread {noise['spread']:.2f} points, mean seed range "
           f"{noise['mean_seed_range']:.2f}, max seed range {noise['max_seed_range']:.2f}; "
-          f"Kendall tau between seeds {noise['seed_kendall_tau']:.3f}")
+          f"Kendall tau between seeds {noise['seed_kendall_tau']:.3f}, between the means of two halves of its "
+          f"{noise['seeds']} seeds {noise['half_kendall_tau']:.3f}")
     proxy = cost_proxy(flops, params)
     baselines = {"FLOPs (no training)": flops, "FLOPs+params proxy (no training)": proxy}
     summary: dict = {"space": space.name, "noise": noise, "blend_weight": args.blend_weight, "baselines": {},
@@ -216,15 +263,23 @@ def main() -> None:
             if missing:
                 print(f"{method.name:<34} {method.epochs:>6}  not run yet: {', '.join(missing)}")
                 continue
-            for label, rule in ((method.name, None), (f"{method.name} + proxy blend", args.blend_weight)):
+            rules: list[tuple[str, float | None, bool]] = [(method.name, None, False),
+                                                           (f"{method.name} + proxy blend", args.blend_weight, False)]
+            if args.finetune_epochs and method.grouping == "bms" and str(method.m) in args.finetune_ms.split(","):
+                tuned = f"{method.name} + fine-tune {args.finetune_epochs} ep"
+                rules += [(tuned, None, True), (f"{tuned} + proxy blend", args.blend_weight, True)]
+            for label, rule, tune in rules:
                 per_seed = []
                 for folder in folders:
-                    est = search_estimates(folder)[1]
-                    score = np.array([est[k] for k in keys])
+                    if tune:
+                        score = finetune_scores(folder, keys, args.finetune_epochs, args.finetune_lr)
+                    else:
+                        est = search_estimates(folder)[1]
+                        score = np.array([est[k] for k in keys])
                     per_seed.append(metrics(score if rule is None else blend(score, proxy, rule), truth, flops))
                 mean = {k: statistics.mean(r[k] for r in per_seed) for k in per_seed[0]}
                 taus = ", ".join(f"{r['kendall_tau']:.2f}" for r in per_seed)
-                agreement = search_agreement(folders) if rule is None else float("nan")
+                agreement = search_agreement(folders) if rule is None and not tune else float("nan")
                 table[label] = {"epochs": method.epochs, "mean": mean, "seeds": per_seed, "search_seed_tau": agreement}
                 print(f"{label:<34} {method.epochs:>6} {mean['kendall_tau']:>7.3f} ({taus:>12}) "
                       f"{mean['spearman_rho']:>6.3f} {mean['top_5_overlap']:>6.2f} {mean['regret']:>7.2f} "

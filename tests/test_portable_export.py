@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -304,6 +305,32 @@ def test_a_model_that_cannot_be_exported_fails_in_one_line_naming_it(tmp_path, d
     assert "\n" not in message and message.startswith(f"pooling model {label} ({tmp_path / 'm'}): torch.export")
     assert isinstance(info.value, ValueError)  # the CLI prints it as one line, exit 2
     assert not (tmp_path / "m").exists()  # nothing written
+
+
+class _TraceBakesState(torch.nn.Module):
+    """Traces fine, but the program differs from the module: a Python counter read at trace
+    time is baked into the graph as a constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.fc(x.flatten(1)) + self.calls
+
+
+def test_a_program_whose_logits_differ_from_the_module_is_refused(tmp_path, data8, monkeypatch):
+    monkeypatch.setitem(BUILDERS, "pooling", lambda record: _TraceBakesState())
+    body = _pooling_body()
+    with pytest.raises(PortableExportError) as info:
+        export_model(tmp_path / "m", _TraceBakesState(), "pooling", body, _provenance(data8),
+                     inputs=InputSpec.from_data(data8))
+    message = str(info.value)
+    assert "\n" not in message and "torch.export program's logits differ from the module's" in message
+    assert re.search(r"differ from the module.s by [0-9.e+-]+ at batch size \d \(allowed 0.0001\)$", message)
+    assert not (tmp_path / "m").exists()
 
 
 def test_portable_formats_need_the_input_spec(tmp_path, data8):

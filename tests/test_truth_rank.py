@@ -42,6 +42,24 @@ def test_ground_truth_has_one_row_per_configuration_and_seed(truth_dir):
     assert noise["configs"] == 6 and noise["spread"] >= 0 and noise["max_seed_range"] >= noise["mean_seed_range"]
     by_seed = rows.pivot(index="candidate", columns="seed", values="test_acc")
     assert noise["seed_kendall_tau"] == pytest.approx(stats.kendalltau(by_seed[0], by_seed[1]).statistic)
+    assert noise["seeds"] == 2 and noise["half_kendall_tau"] == pytest.approx(noise["seed_kendall_tau"])
+
+
+def test_half_agreement_compares_the_means_of_two_halves_of_the_seeds():
+    from stitchnas.studies.truth import half_agreement, seed_agreement
+
+    # 4 configurations x 4 seeds: each single seed is noisy, the two-seed means agree exactly.
+    by_seed = pd.DataFrame({0: [1.0, 4.0, 2.0, 3.0], 1: [3.0, 1.0, 4.0, 2.0],
+                            2: [2.0, 3.0, 1.0, 4.0], 3: [2.0, 2.0, 5.0, 1.0]}, index=[10, 11, 12, 13])
+    even, odd = by_seed[[0, 2]].mean(axis=1), by_seed[[1, 3]].mean(axis=1)
+    assert list(even) == [1.5, 3.5, 1.5, 3.5] and list(odd) == [2.5, 1.5, 4.5, 1.5]
+    assert half_agreement(by_seed) == pytest.approx(stats.kendalltau(even, odd).statistic)
+    assert half_agreement(by_seed[[0, 1]]) == pytest.approx(seed_agreement(by_seed[[0, 1]]))
+    assert np.isnan(half_agreement(by_seed[[0]]))
+    # Only configurations every seed of a half trained count.
+    gappy = by_seed.astype(float)
+    gappy.loc[13, 3] = np.nan
+    assert half_agreement(gappy) == pytest.approx(stats.kendalltau(even[:3], odd[:3]).statistic)
 
 
 def test_ground_truth_resume_loses_and_repeats_nothing(truth_dir, tmp_path):

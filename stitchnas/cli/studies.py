@@ -81,7 +81,8 @@ def cmd_truth_pooling(args: argparse.Namespace) -> int:
     out = run_ground_truth(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     noise = seed_noise(out)
     print(f"ground truth: {out.resolve() / 'truth.csv'}; spread across configurations {noise['spread']:.2f} points, "
-          f"mean seed std {noise['mean_seed_std']:.2f}, largest seed range {noise['max_seed_range']:.2f}")
+          f"mean seed std {noise['mean_seed_std']:.2f}, largest seed range {noise['max_seed_range']:.2f}"
+          + (f"; Kendall tau between seeds {noise['seed_kendall_tau']:.3f}" if noise["seeds"] > 1 else ""))
     return 0
 
 

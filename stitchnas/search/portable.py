@@ -11,9 +11,9 @@ writes what a deployment host loads without this package:
   the same program converted by :func:`torch.onnx.export` (dynamo exporter), input ``"input"``
   ``(batch, C, H, W)`` float32, output ``"logits"`` ``(batch, num_classes)``, batch dynamic.
 
-Each artifact is checked before it is kept: it is reloaded from its bytes (the ONNX file
-through onnxruntime) and its logits must equal the module's within :data:`TOLERANCE` (absolute,
-the logits' own units) at batch sizes :data:`CHECK_BATCHES`; otherwise
+Each artifact is checked before it is kept: the traced program (the ONNX file, reloaded from
+its bytes through onnxruntime) must give logits equal to the module's within :data:`TOLERANCE`
+(absolute, the logits' own units) at batch sizes :data:`CHECK_BATCHES`; otherwise
 :class:`PortableExportError` says which model and format failed, in one line. Files are written
 atomically (:func:`stitchnas.core.io.atomic_write_bytes`).
 
@@ -251,15 +251,16 @@ class Artifact:
 
 
 def _pt2(program: torch.export.ExportedProgram, module: nn.Module, inputs: InputSpec, name: str) -> Artifact:
+    # The traced program is checked in memory: tracing (a batch size baked into a reshape, a
+    # branch taken at trace time) is what can go wrong per model. Reloading the saved bytes
+    # would double the cost of an export (torch.export.load re-derives every node's metadata);
+    # the round trip is tested for every model family (tests/test_portable_export.py).
+    _check(program.module(), module, inputs, "torch.export program", name)
     buffer = io.BytesIO()
     try:
         torch.export.save(program, buffer)
-        buffer.seek(0)
-        reloaded = torch.export.load(buffer).module()
     except Exception as err:
-        raise PortableExportError(f"{name}: the torch.export program cannot be saved and loaded back "
-                                  f"({_one_line(err)})") from None
-    _check(reloaded, module, inputs, "torch.export program", name)
+        raise PortableExportError(f"{name}: the torch.export program cannot be saved ({_one_line(err)})") from None
     return Artifact(PT2_FILE, buffer.getvalue(), {})
 
 

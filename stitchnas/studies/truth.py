@@ -242,7 +242,10 @@ def load_truth(paths: str | Path | Sequence[str | Path], space: PoolingSpace | N
 
 
 def seed_noise(paths: str | Path | Sequence[str | Path]) -> dict[str, float]:
-    """Spread across configurations against noise across seeds, in accuracy points."""
+    """Spread across configurations against noise across seeds, in accuracy points, and how
+    well the truth agrees with itself: ``seed_kendall_tau`` (:func:`seed_agreement`, one seed
+    against another) and ``half_kendall_tau`` (:func:`half_agreement`, the mean of half the
+    seeds against the mean of the other half)."""
     rows = read_truth_rows(paths)
     means = rows.groupby("candidate")["test_acc"].mean()
     # Seed noise only from configurations trained with more than one seed.
@@ -257,6 +260,8 @@ def seed_noise(paths: str | Path | Sequence[str | Path]) -> dict[str, float]:
         "max_seed_range": float(ranges.max()) if repeated.ngroups else float("nan"),
         "mean_seed_range": float(ranges.mean()) if repeated.ngroups else float("nan"),
         "seed_kendall_tau": seed_agreement(by_seed),
+        "seeds": int(by_seed.shape[1]),
+        "half_kendall_tau": half_agreement(by_seed),
     }
 
 
@@ -274,3 +279,19 @@ def seed_agreement(by_seed: pd.DataFrame) -> float:
         if len(both) >= 3:
             taus.append(kendall_tau(both[a].tolist(), both[b].tolist()))
     return float(sum(taus) / len(taus)) if taus else float("nan")
+
+
+def half_agreement(by_seed: pd.DataFrame) -> float:
+    """Kendall tau between the mean accuracy over the even-positioned seeds and over the
+    odd-positioned ones (seeds in column order; configurations both halves trained), NaN with
+    fewer than two seeds. With two seeds it is the seed-to-seed tau; with four, how well a
+    two-seed mean ranks like another two-seed mean: the agreement a truth averaged over half
+    the seeds has with itself (a truth of all of them agrees better still)."""
+    from stitchnas.studies.ranking import kendall_tau
+
+    columns = list(by_seed.columns)
+    if len(columns) < 2:
+        return float("nan")
+    halves = [by_seed[columns[0::2]].mean(axis=1, skipna=False), by_seed[columns[1::2]].mean(axis=1, skipna=False)]
+    both = [h[halves[0].notna() & halves[1].notna()] for h in halves]
+    return kendall_tau(both[0].tolist(), both[1].tolist()) if len(both[0]) >= 3 else float("nan")
