@@ -60,7 +60,7 @@ def search_config(m: int, seed: int, epochs: int, args: argparse.Namespace, grou
         space=create_space(args.space, width_scale=args.width_scale),
         data=DataSpec(name="cluttered_digits", input_size=args.input_size, seed=0,
                       options={"canvas_size": args.input_size, "renders_per_image": 2}),
-        train=TrainConfig(epochs=epochs, batch_size=32, lr=0.1, seed=seed, device="cpu"),
+        train=TrainConfig(epochs=epochs, batch_size=32, lr=0.1, seed=seed, device="cpu", augment=args.augment),
         eval=EvalConfig(bn_mode=bn_mode, calib_batches=8, seed=seed),
         export_front=False,
         mixture=MixtureConfig(num_supernets=m, t_max=args.t_max, grouping=grouping) if m > 1 else None,
@@ -125,6 +125,15 @@ def finetune_scores(run: Path, keys: list[str], epochs: int, lr: float) -> np.nd
         scores[k] = accuracy(model, data.search_val, cfg.eval.batch_size, cfg.eval.device)
         atomic_write_text(cache, json.dumps(scores, indent=1))
     return np.array([scores[k] for k in keys])
+
+
+def augment_of(folder: Path, config_cls) -> str:
+    """The training augmentation a run folder (search or ground truth) recorded; files from
+    before the option decode as ``"none"``, what those runs did."""
+    from stitchnas.core.io import read_json
+
+    path = folder / "run_config.json"
+    return config_cls.from_json(read_json(path, "run config"), f"run config {path}").train.augment
 
 
 def truth_table(truth_dirs: list[str], space) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -203,6 +212,8 @@ def main() -> None:
                         help="equal total steps: every method's epochs (45 steps each)")
     parser.add_argument("--per-supernet-epochs", type=int, default=30,
                         help="equal steps per supernet: M supernets train M times this many epochs")
+    parser.add_argument("--augment", default="auto",
+                        help="the searches' training augmentation; must be the ground truth's (checked when ranking)")
     parser.add_argument("--t-max", type=float, default=100.0)
     parser.add_argument("--blend-weight", type=float, default=0.5, help="weight of the no-training proxy in the blend")
     parser.add_argument("--bn-compare", action="store_true",
@@ -242,6 +253,13 @@ def main() -> None:
           f"{noise['mean_seed_range']:.2f}, max seed range {noise['max_seed_range']:.2f}; "
           f"Kendall tau between seeds {noise['seed_kendall_tau']:.3f}, between the means of two halves of its "
           f"{noise['seeds']} seeds {noise['half_kendall_tau']:.3f}")
+    from stitchnas.studies.truth import TruthConfig
+
+    truth_augments = {augment_of(Path(t), TruthConfig) for t in args.truth}
+    if len(truth_augments) != 1:
+        parser.error(f"--truth: the folders were trained with different augmentations {sorted(truth_augments)}")
+    truth_augment = truth_augments.pop()
+    print(f"training augmentation of the ground truth: {truth_augment!r} (searches with another are skipped)")
     proxy = cost_proxy(flops, params)
     baselines = {"FLOPs (no training)": flops, "FLOPs+params proxy (no training)": proxy}
     summary: dict = {"space": space.name, "noise": noise, "blend_weight": args.blend_weight, "baselines": {},
@@ -262,6 +280,12 @@ def main() -> None:
             missing = [str(f) for f in folders if not (f / "results.csv").exists()]
             if missing:
                 print(f"{method.name:<34} {method.epochs:>6}  not run yet: {', '.join(missing)}")
+                continue
+            augments = {augment_of(f, PoolingSearchConfig) for f in folders}
+            if augments != {truth_augment}:  # a search trained on another recipe than the truth's networks
+                print(f"{method.name:<34} {method.epochs:>6}  trained with augment {sorted(augments)}, the ground "
+                      f"truth with {truth_augment!r}: not comparable, skipped")
+                table[method.name] = {"epochs": method.epochs, "skipped": f"augment {sorted(augments)}"}
                 continue
             rules: list[tuple[str, float | None, bool]] = [(method.name, None, False),
                                                            (f"{method.name} + proxy blend", args.blend_weight, False)]
