@@ -8,6 +8,13 @@ no single configuration. Two remedies:
 * ``"batch"``: evaluate with each batch's own statistics, as the BMS code does
   (``track_running_stats=False``).
 
+With ``EvalConfig.finetune`` a placement is scored after a few epochs of training its
+standalone network from the supernet's weights (on the calibration split, after the BatchNorm
+step above): inherited weights are a better start than a random one, and a short fine-tune
+removes much of what weight sharing distorts (fine-tuning before the final ranking, as in
+Once-for-All's and the BMS study's re-ranking of top candidates; measured on this project's
+benchmarks in BENCHMARKS.md, "Search quality").
+
 :func:`supernet.shared_prefix.score_placements` scores many placements with the same results,
 computing each prefix they share once per batch.
 """
@@ -15,8 +22,8 @@ computing each prefix they share once per batch.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -25,7 +32,7 @@ from searchspace.pooling import PoolingConfig
 from stitchnas.core import records
 from stitchnas.core.evaluation import _batchnorms, accuracy
 from stitchnas.core.records import check_finite
-from stitchnas.core.training import ImageSplit, batches_for, epoch_generator, resolve_device
+from stitchnas.core.training import ImageSplit, TrainConfig, batches_for, epoch_generator, resolve_device
 from supernet.bms import MixtureOfSuperNets
 from supernet.networks import PoolingSuperNet
 
@@ -35,12 +42,31 @@ BN_MODES: tuple[str, ...] = ("recalibrate", "batch")
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """How a placement is scored on supernet weights.
+
+    Attributes:
+        bn_mode: ``"recalibrate"`` or ``"batch"`` (module docstring).
+        calib_batches, calib_batch_size: The re-calibration's batches (images per batch).
+        batch_size: Images per evaluation forward pass.
+        device: Where scoring runs (``"cpu"``, ``"cuda"``, ``"auto"``).
+        seed: Orders the calibration batches (the same for every placement).
+        finetune: None (default): score the supernet's weights as they are. Otherwise the
+            recipe (epochs, learning rate, batch size, augmentation, seed) each placement's
+            standalone network is trained with, from the supernet's weights, before it is
+            scored; its BatchNorm statistics are then its own running averages. Scoring costs
+            ``finetune.epochs`` epochs of the calibration split per placement and shares no
+            prefixes. Files written before the field existed decode as None.
+    """
+
     bn_mode: BNMode = "recalibrate"
     calib_batches: int = 8
     calib_batch_size: int = 64
     batch_size: int = 256
     device: str = "cpu"
     seed: int = 0
+    finetune: TrainConfig | None = None
+
+    json_absent: ClassVar[dict[str, Any]] = {"finetune": None}
 
     def __post_init__(self) -> None:
         check_finite(self, "eval config")
@@ -93,13 +119,30 @@ def prepare_path(supernet: PoolingSuperNet | MixtureOfSuperNets, config: Pooling
     """The standalone network of ``config`` with supernet weights and BatchNorm handled per ``cfg``.
 
     With ``"recalibrate"`` the returned model carries statistics fitted to this configuration,
-    which is also what an exported model should carry.
+    which is also what an exported model should carry. With ``cfg.finetune`` it is then
+    fine-tuned on ``calib_data`` (:func:`finetune_path`): the network that was scored is the one
+    exported.
     """
     supernet.set_active(config)
     model = supernet.export_active()
     if cfg.bn_mode == "recalibrate":
         recalibrate_batchnorm(model, calib_data, cfg.calib_batches, cfg.calib_batch_size, cfg.seed)
+    if cfg.finetune is not None:
+        finetune_path(model, calib_data, cfg.finetune)
     return model
+
+
+def finetune_path(model: nn.Module, data: ImageSplit, recipe: TrainConfig) -> None:
+    """Train a placement's standalone network in place with ``recipe`` (:func:`supernet.training.train`:
+    SGD, cosine decay, the recipe's augmentation), seeded by ``recipe.seed`` alone, so every
+    scoring of the placement (a resume, a Ray trial, the export) gives the same network; it
+    is left in eval mode."""
+    from supernet.training import train  # training imports evaluation's neighbours: imported late
+
+    torch.manual_seed(recipe.seed)  # nothing random is drawn from it today; a future layer might
+    with torch.enable_grad():  # scoring runs under no_grad
+        train(model, data, replace(recipe, device=str(next(model.parameters()).device)), progress=False)
+    model.eval()
 
 
 @torch.no_grad()

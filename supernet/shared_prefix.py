@@ -97,6 +97,9 @@ def score_placements(
         per-placement path raises :class:`~stitchnas.core.evaluation.NonFiniteOutput` there)
         and what was computed.
     """
+    if cfg.finetune is not None:  # each placement trains its own copy: nothing is shared
+        raise ValueError("score_placements: fine-tuned scoring (EvalConfig.finetune) shares no prefixes; "
+                         "score each placement with evaluate_path")
     device = resolve_device(cfg.device)
     space = supernet.space
     work = copy.deepcopy(supernet).to(device).eval()  # its BatchNorm buffers are swapped per prefix

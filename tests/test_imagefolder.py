@@ -478,7 +478,8 @@ def test_streamed_split_ships_as_paths(tmp_path: Path) -> None:
     memory = load_data(spec(tmp_path, input_size=32, options={"stream": False}))
     streamed = load_data(spec(tmp_path, input_size=32, options={"stream": True}))
     shipped = ship_split(memory.search_val)
-    assert isinstance(shipped, tuple) and all(torch.equal(a, b) for a, b in zip(shipped, memory.search_val.tensors))
+    assert all(torch.equal(a, b) for a, b in zip(shipped.tensors, memory.search_val.tensors, strict=True))
+    assert shipped.mirror_invariant == getattr(memory.search_val, "mirror_invariant", True)
     assert ship_split(streamed.search_val) is streamed.search_val
     wire = pickle.dumps(ship_split(streamed.search_val))
     assert len(wire) < len(pickle.dumps(shipped)) / 4  # file names, not pixels

@@ -149,6 +149,18 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-batches", type=int, default=8, help="batches used to re-estimate BatchNorm statistics")
 
 
+def add_finetune_args(p: argparse.ArgumentParser) -> None:
+    """``--finetune-epochs`` / ``--finetune-lr``: score each placement after fine-tuning it from the
+    supernet's weights (``EvalConfig.finetune``; read by :func:`eval_config_from_args`)."""
+    g = p.add_argument_group("fine-tuned scoring")
+    g.add_argument("--finetune-epochs", type=int, default=0,
+                   help="score every placement after this many epochs of training its network from the supernet's "
+                        "weights on the search's training split (the --batch-size, augmentation and seed of the "
+                        "supernet's recipe); the exports are those networks. Default 0: score the supernet's weights")
+    g.add_argument("--finetune-lr", type=finite_float, default=0.01,
+                   help="--finetune-epochs: initial learning rate, cosine decay to a hundredth of it (default 0.01)")
+
+
 def add_rank_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ranking")
     g.add_argument("--rank-by", default=None, metavar="{score,blend}",
@@ -179,10 +191,28 @@ def rank_rule_from_args(args: argparse.Namespace) -> RankRule:
     return RankRule("blend", args.blend_weight)
 
 
-def eval_config_from_args(args: argparse.Namespace, device: str) -> EvalConfig:
+def eval_config_from_args(args: argparse.Namespace, device: str, train_cfg: TrainConfig | None = None) -> EvalConfig:
+    """The evaluation options as an :class:`~supernet.evaluation.EvalConfig`; with ``train_cfg``
+    (the supernet's recipe) and ``--finetune-epochs`` above 0, its ``finetune`` recipe.
+
+    Raises:
+        ValueError: ``--finetune-epochs`` below 0 or ``--finetune-lr`` not above 0 (one line).
+    """
+    from dataclasses import replace
+
     from supernet.evaluation import EvalConfig
 
-    return EvalConfig(bn_mode=args.bn_mode, calib_batches=args.calib_batches, device=device, seed=args.seed)
+    finetune = None
+    epochs = getattr(args, "finetune_epochs", 0)
+    if epochs < 0:
+        raise ValueError(f"--finetune-epochs: expected an integer >= 0, got {epochs}")
+    if epochs and train_cfg is not None:
+        lr = args.finetune_lr
+        if not lr > 0:
+            raise ValueError(f"--finetune-lr: expected a number > 0, got {lr}")
+        finetune = replace(train_cfg, epochs=epochs, lr=lr, lr_min=lr / 100)
+    return EvalConfig(bn_mode=args.bn_mode, calib_batches=args.calib_batches, device=device, seed=args.seed,
+                      finetune=finetune)
 
 
 def add_run_args(p: argparse.ArgumentParser, default_out: str) -> None:

@@ -12,6 +12,7 @@ from stitchnas.cli.options import (
     add_distributed_args,
     add_eval_args,
     add_export_format_arg,
+    add_finetune_args,
     add_front_args,
     add_rank_args,
     add_run_args,
@@ -43,7 +44,7 @@ def _search_config(
     train_cfg = train_config_from_args(args)
     return PoolingSearchConfig(
         space=space_from_args(args), data=data_spec_from_args(args), train=train_cfg,
-        eval=eval_config_from_args(args, train_cfg.device), max_candidates=max_candidates,
+        eval=eval_config_from_args(args, train_cfg.device, train_cfg), max_candidates=max_candidates,
         export_front=not args.no_export, mixture=mixture, hv_reference=args.hv_reference,
         cost=cost_config_from_args(args), rank=rank_rule_from_args(args),
     )
@@ -197,6 +198,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     add_train_args(p, epochs=40)
     add_eval_args(p)
+    add_finetune_args(p)
     add_rank_args(p)
     p.add_argument("--candidates", type=int, default=None, help="evaluate a seeded random subset (default: all)")
     p.add_argument("--no-export", action="store_true", help="skip exporting the Pareto-optimal models")
@@ -210,6 +212,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     add_train_args(p, epochs=40)
     add_eval_args(p)
+    add_finetune_args(p)
     add_rank_args(p)
     g = p.add_argument_group("mixture")
     g.add_argument("--num-supernets", "-M", type=int, default=4, help="M, the number of supernets")

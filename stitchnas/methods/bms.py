@@ -41,6 +41,7 @@ from stitchnas.search.candidates import (
     CandidateTask,
     PrefixScorer,
     Score,
+    Scorer,
     ShippedSplit,
     ship_split,
     unship_split,
@@ -122,7 +123,7 @@ class MixtureEvaluator(CandidateEvaluator):
     val: ShippedSplit
     prefix_budget: int = DEFAULT_PREFIX_BUDGET
 
-    def prepare(self, device: str) -> PrefixScorer:
+    def prepare(self, device: str) -> Scorer:
         space = PoolingSpace.from_json(self.space)
         mixture_cfg = MixtureConfig.from_json(self.mixture_cfg, "mixture evaluator")
         mixture = MixtureOfSuperNets(space, ModelSpec(*self.spec), mixture_cfg)
@@ -140,6 +141,9 @@ class MixtureEvaluator(CandidateEvaluator):
                 return on_member(index, mixture.member_of(space.config(index)))
             accs = [on_member(index, j) for j in range(mixture.num_supernets)]
             return Score(max(accs), {"accs": accs})
+
+        if eval_cfg.finetune is not None:  # every placement trains its own network: one at a time
+            return score
 
         def many(indices: Sequence[int]) -> dict[int, float | Score]:
             # the same (candidate, supernet) pairs as score(), each supernet's placements in one

@@ -35,6 +35,7 @@ from stitchnas.search.candidates import (
     CandidateTask,
     PrefixScorer,
     Score,
+    Scorer,
     ShippedSplit,
     ship_split,
     unship_split,
@@ -239,12 +240,18 @@ class PoolingEvaluator(CandidateEvaluator):
     val: ShippedSplit
     prefix_budget: int = DEFAULT_PREFIX_BUDGET
 
-    def prepare(self, device: str) -> PrefixScorer:
+    def prepare(self, device: str) -> Scorer:
         space = PoolingSpace.from_json(self.space)
         supernet = build_supernet(space, ModelSpec(*self.spec))
         supernet.load_state_dict(self.weights)
         eval_cfg = EvalConfig.from_json({**self.eval_cfg, "device": device}, "pooling evaluator")
         calib, val = unship_split(self.calib), unship_split(self.val)
+
+        def one(index: int) -> float:
+            return evaluate_path(supernet, space.config(index), calib, val, eval_cfg)
+
+        if eval_cfg.finetune is not None:  # every placement trains its own network: one at a time
+            return one
 
         def many(indices: Sequence[int]) -> dict[int, float | Score]:
             accs, report = score_placements(supernet, [space.config(i) for i in indices], calib, val, eval_cfg,
@@ -252,7 +259,7 @@ class PoolingEvaluator(CandidateEvaluator):
             log.info("%s", report.describe())
             return {i: acc for i, acc in zip(indices, accs) if acc is not None}
 
-        return PrefixScorer(lambda index: evaluate_path(supernet, space.config(index), calib, val, eval_cfg), many)
+        return PrefixScorer(one, many)
 
 
 def optuna_distributions(space: PoolingSpace) -> dict[str, Any]:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from stitchnas.core.training import ImageSplit, StreamSource
+    from stitchnas.core.training import ImageDataset, ImageSplit, StreamSource
 
 log = logging.getLogger(__name__)
 
@@ -347,24 +347,25 @@ def compact(tensor: torch.Tensor) -> torch.Tensor:
 
 
 #: A data split as a candidate evaluator carries it (:func:`ship_split`).
-ShippedSplit: TypeAlias = "tuple[torch.Tensor, ...] | StreamSource"
+ShippedSplit: TypeAlias = "ImageDataset | StreamSource"
 
 
 def ship_split(split: ImageSplit) -> ShippedSplit:
     """What a candidate evaluator carries of a data split (pickled to Ray trials): its tensors
-    (:func:`compact`), or a split streamed from disk itself (file paths, not images; the trials
+    (:func:`compact`) with whether a mirror image keeps its label (fine-tuned scoring augments
+    as training does), or a split streamed from disk itself (file paths, not images; the trials
     must see the same files)."""
+    from stitchnas.core.training import ImageDataset
+
     tensors = getattr(split, "tensors", None)
     if tensors is not None:
-        return tuple(compact(t) for t in tensors)
+        return ImageDataset(*(compact(t) for t in tensors), mirror_invariant=getattr(split, "mirror_invariant", True))
     return split  # type: ignore[return-value]  # not a TensorDataset: a StreamSource
 
 
 def unship_split(shipped: ShippedSplit) -> ImageSplit:
     """The split :func:`ship_split` packed, as loops take it."""
-    import torch
-
-    return torch.utils.data.TensorDataset(*shipped) if isinstance(shipped, tuple) else shipped
+    return shipped
 
 
 __all__: Sequence[str] = [
