@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import stitchnas
 from searchspace.pooling import create_space
@@ -91,20 +90,18 @@ def bn_mode_scores(run: Path, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def finetune_scores(run: Path, keys: list[str], epochs: int, lr: float) -> np.ndarray:
     """Every placement's ``search_val`` accuracy after ``epochs`` of fine-tuning its standalone
-    network from the run's supernet weights (BatchNorm re-calibrated first, as the search
-    scored it; SGD with cosine decay from ``lr`` on ``search_train``, the search's batch size
-    and seed). Cached in the run folder (``finetune_e{epochs}_lr{lr}.csv``), so re-ranking
-    is free."""
+    network from the run's supernet weights: the engine's fine-tuned scoring
+    (``EvalConfig.finetune``, ``--finetune-epochs``) with the search's own recipe, ``lr`` decaying
+    to a hundredth of it. Cached in the run folder (``finetune_e{epochs}_lr{lr}.json``, written
+    after each placement), so an interrupted run resumes and re-ranking is free."""
     import json
     from dataclasses import replace
 
-    from stitchnas.core.evaluation import accuracy
     from stitchnas.core.io import atomic_write_text, load_checkpoint, read_json
     from stitchnas.data import load_data
     from stitchnas.methods.pooling import build_search_model
-    from supernet.evaluation import prepare_path
+    from supernet.evaluation import evaluate_path
     from supernet.networks import ModelSpec
-    from supernet.training import train
 
     cache = run / f"finetune_e{epochs}_lr{lr:g}.json"
     scores: dict[str, float] = json.loads(cache.read_text()) if cache.exists() else {}
@@ -116,13 +113,10 @@ def finetune_scores(run: Path, keys: list[str], epochs: int, lr: float) -> np.nd
     data = load_data(cfg.data)
     search = build_search_model(cfg, ModelSpec(data.in_chans, data.num_classes))
     search.load_state_dict(load_checkpoint(run / "supernet.pt")["model"])
-    recipe = replace(cfg.train, epochs=epochs, lr=lr, lr_min=lr / 100)
+    tuned = replace(cfg.eval, finetune=replace(cfg.train, epochs=epochs, lr=lr, lr_min=lr / 100))
     print(f"  fine-tuning {len(todo)} placements of {run} ({epochs} epochs each)", flush=True)
-    for k in todo:  # the cache is written after each placement: an interrupted run resumes
-        model = prepare_path(search, cfg.space.config(int(k)), data.search_train, cfg.eval)
-        torch.manual_seed(cfg.train.seed)
-        train(model, data.search_train, recipe, progress=False)
-        scores[k] = accuracy(model, data.search_val, cfg.eval.batch_size, cfg.eval.device)
+    for k in todo:
+        scores[k] = evaluate_path(search, cfg.space.config(int(k)), data.search_train, data.search_val, tuned)
         atomic_write_text(cache, json.dumps(scores, indent=1))
     return np.array([scores[k] for k in keys])
 
