@@ -307,6 +307,9 @@ def main() -> None:
         for method in {m for ms in plan.values() for m in ms if m.m == 1}:
             for seed in seeds:
                 folder = method.folder(root, seed)
+                if not (folder / "supernet.pt").exists():  # committed tables keep no weights
+                    print(f"  {method.epochs} epochs seed {seed}: no supernet.pt in {folder}, skipped")
+                    continue
                 batch, recal = bn_mode_scores(folder, keys)
                 rb, rr = metrics(batch, truth, flops), metrics(recal, truth, flops)
                 print(f"  {method.epochs} epochs seed {seed}: re-calibrated {rr['kendall_tau']:.3f} / "
