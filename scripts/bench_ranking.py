@@ -15,7 +15,9 @@ Prints the truth's spread and seed agreement, then per method Kendall tau (per s
 rho, top-5 overlap, regret and budget regret (points) and the search's own seed-to-seed tau;
 ``--bn-compare`` adds M=1 scored with per-batch BatchNorm statistics; ``--finetune-epochs E``
 adds the M=1 runs (``--finetune-ms``) ranked after fine-tuning every placement E epochs from
-the supernet's weights (36 x E x 45 more SGD steps per run; cached in each run folder).
+the supernet's weights (36 x E x 45 more SGD steps per run; cached in each run folder);
+``--snapshots 90,100,110,120`` adds the M=1 runs of the last epoch ranked by the mean of their
+scores over supernet snapshots at those epochs (score averaging over checkpoints; retrains).
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import stitchnas
 from searchspace.pooling import create_space
@@ -119,6 +123,54 @@ def finetune_scores(run: Path, keys: list[str], epochs: int, lr: float) -> np.nd
         scores[k] = evaluate_path(search, cfg.space.config(int(k)), data.search_train, data.search_val, tuned)
         atomic_write_text(cache, json.dumps(scores, indent=1))
     return np.array([scores[k] for k in keys])
+
+
+def snapshot_scores(run: Path, keys: list[str], epochs: list[int]) -> dict[int, np.ndarray]:
+    """Scores of an M=1 run's supernet at the end of each epoch in ``epochs`` (1-based), for
+    averaging scores over checkpoints: the supernet is retrained from scratch with the run's
+    own recipe (its final snapshot must score exactly as the run did: checked) and every
+    snapshot scored as the search scores (shared prefixes, its BatchNorm mode). Cached in the
+    run folder (``snapshots_e{...}.json``)."""
+    import json
+
+    from stitchnas.core.io import atomic_write_text, read_json
+    from stitchnas.core.training import batches_for
+    from stitchnas.data import load_data
+    from supernet.networks import ModelSpec, build_supernet
+    from supernet.shared_prefix import score_placements
+    from supernet.training import train
+
+    cache = run / f"snapshots_e{'-'.join(map(str, epochs))}.json"
+    if cache.exists():
+        stored = json.loads(cache.read_text())
+        return {int(e): np.array([stored[str(e)][k] for k in keys]) for e in epochs}
+    path = run / "run_config.json"
+    cfg = PoolingSearchConfig.from_json(read_json(path, "run config"), f"run config {path}")
+    if cfg.mixture is not None or cfg.train.epochs not in epochs:
+        raise ValueError(f"{run}: snapshots need an M=1 run and its last epoch ({cfg.train.epochs}) in {epochs}")
+    data = load_data(cfg.data)
+    torch.manual_seed(cfg.train.seed)  # as the search builds its supernet
+    supernet = build_supernet(cfg.space, ModelSpec(data.in_chans, data.num_classes))
+    per_epoch = batches_for(data.search_train, torch.device("cpu")).num_batches(cfg.train.batch_size, drop_last=True)
+    states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keep(step: int) -> None:
+        if step % per_epoch == 0 and step // per_epoch in epochs:
+            states[step // per_epoch] = {k: v.detach().clone() for k, v in supernet.state_dict().items()}
+
+    print(f"  retraining {run} for snapshots at epochs {epochs}", flush=True)
+    train(supernet, data.search_train, cfg.train, choose_path=supernet.sample_active, progress=False, on_step=keep)
+    configs = [cfg.space.config(int(k)) for k in keys]
+    stored = {}
+    for epoch in epochs:
+        supernet.load_state_dict(states[epoch])
+        accs, _ = score_placements(supernet, configs, data.search_train, data.search_val, cfg.eval)
+        stored[str(epoch)] = dict(zip(keys, accs))
+    final = search_estimates(run)[1]
+    if any(stored[str(cfg.train.epochs)][k] != final[k] for k in keys):
+        raise ValueError(f"{run}: the retrained supernet does not score as the run did (threads or code changed)")
+    atomic_write_text(cache, json.dumps(stored, indent=1))
+    return {e: np.array([stored[str(e)][k] for k in keys]) for e in epochs}
 
 
 def augment_of(folder: Path, config_cls) -> str:
@@ -217,12 +269,16 @@ def main() -> None:
                              "from the supernet's weights (needs supernet.pt; 0: no)")
     parser.add_argument("--finetune-lr", type=float, default=0.01)
     parser.add_argument("--finetune-ms", default="1", help="the mixture sizes whose runs are fine-tuned")
+    parser.add_argument("--snapshots", default="",
+                        help="comma-separated epochs, the last an M=1 run's: also rank by its score averaged over "
+                             "supernet snapshots at these epochs (retrains the supernet once; cached)")
     parser.add_argument("--out", default="runs/bench_ranking", help="root folder: e{epochs}/{m|gm}{M}_s{seed}")
     parser.add_argument("--search-only", action="store_true", help="run the searches, skip ranking")
     parser.add_argument("--rank-only", action="store_true",
                         help="rank finished search folders (results.csv) without running or resuming searches")
     args = parser.parse_args()
     root = Path(args.out)
+    snapshots = sorted(int(e) for e in args.snapshots.split(",") if e.strip())
     seeds = [int(s) for s in args.seeds.split(",")]
     plan = protocols(args)
     unique = sorted({m for ms in plan.values() for m in ms}, key=lambda m: (m.epochs * m.m, m.m, m.grouping))
@@ -281,23 +337,34 @@ def main() -> None:
                       f"truth with {truth_augment!r}: not comparable, skipped")
                 table[method.name] = {"epochs": method.epochs, "skipped": f"augment {sorted(augments)}"}
                 continue
-            rules: list[tuple[str, float | None, bool]] = [(method.name, None, False),
-                                                           (f"{method.name} + proxy blend", args.blend_weight, False)]
-            if args.finetune_epochs and method.grouping == "bms" and str(method.m) in args.finetune_ms.split(","):
-                tuned = f"{method.name} + fine-tune {args.finetune_epochs} ep"
-                rules += [(tuned, None, True), (f"{tuned} + proxy blend", args.blend_weight, True)]
-            for label, rule, tune in rules:
+            def searched(folder: Path) -> np.ndarray:
+                est = search_estimates(folder)[1]
+                return np.array([est[k] for k in keys])
+
+            # (label, blend weight or None, where a seed's scores come from)
+            rules: list[tuple[str, float | None, Callable[[Path], np.ndarray]]] = [
+                (method.name, None, searched), (f"{method.name} + proxy blend", args.blend_weight, searched)]
+            fine_tunable = method.grouping == "bms" and str(method.m) in args.finetune_ms.split(",")
+            if args.finetune_epochs and fine_tunable:
+                def tuned(folder: Path) -> np.ndarray:
+                    return finetune_scores(folder, keys, args.finetune_epochs, args.finetune_lr)
+
+                label = f"{method.name} + fine-tune {args.finetune_epochs} ep"
+                rules += [(label, None, tuned), (f"{label} + proxy blend", args.blend_weight, tuned)]
+            if snapshots and method.m == 1 and method.epochs == snapshots[-1]:
+                def averaged(folder: Path) -> np.ndarray:
+                    return np.mean(list(snapshot_scores(folder, keys, snapshots).values()), axis=0)
+
+                label = f"{method.name} + mean of {len(snapshots)} ckpts"
+                rules += [(label, None, averaged), (f"{label} + blend", args.blend_weight, averaged)]
+            for label, rule, source in rules:
                 per_seed = []
                 for folder in folders:
-                    if tune:
-                        score = finetune_scores(folder, keys, args.finetune_epochs, args.finetune_lr)
-                    else:
-                        est = search_estimates(folder)[1]
-                        score = np.array([est[k] for k in keys])
+                    score = source(folder)
                     per_seed.append(metrics(score if rule is None else blend(score, proxy, rule), truth, flops))
                 mean = {k: statistics.mean(r[k] for r in per_seed) for k in per_seed[0]}
                 taus = ", ".join(f"{r['kendall_tau']:.2f}" for r in per_seed)
-                agreement = search_agreement(folders) if rule is None and not tune else float("nan")
+                agreement = search_agreement(folders) if rule is None and source is searched else float("nan")
                 table[label] = {"epochs": method.epochs, "mean": mean, "seeds": per_seed, "search_seed_tau": agreement}
                 print(f"{label:<34} {method.epochs:>6} {mean['kendall_tau']:>7.3f} ({taus:>12}) "
                       f"{mean['spearman_rho']:>6.3f} {mean['top_5_overlap']:>6.2f} {mean['regret']:>7.2f} "
