@@ -301,11 +301,14 @@ def export_pooling_candidate(
     the exported module itself, so ``load_model`` reproduces them exactly. When the search
     scored with ``bn_mode="recalibrate"``, its score *was* this module's ``search_val``
     accuracy (the same re-calibration and forward pass, :func:`supernet.evaluation.evaluate_path`),
-    so ``val_acc`` is taken from ``search_val_acc`` instead of being measured twice.
+    so ``val_acc`` is taken from ``search_val_acc`` instead of being measured twice (unless the
+    search fine-tuned each placement, ``cfg.eval.finetune``: the exported network is then trained
+    the same way and measured).
     """
     model = prepare_path(supernet, config, data.search_train, replace(cfg.eval, bn_mode="recalibrate"))
     metrics: dict[str, Any] = {"search_val_acc": search_val_acc}
-    if cfg.eval.bn_mode == "recalibrate" and search_val_acc is not None:
+    # A fine-tuned network is measured again: a Ray trial with other threads trains it to other last bits.
+    if cfg.eval.bn_mode == "recalibrate" and cfg.eval.finetune is None and search_val_acc is not None:
         metrics["val_acc"] = search_val_acc
     return _export_pooling_model(folder, model, space, config, data, cfg.eval, provenance, metrics)
 
