@@ -40,13 +40,19 @@ def _search_config(
     args: argparse.Namespace, mixture: MixtureConfig | None = None, max_candidates: int | None = None
 ) -> PoolingSearchConfig:
     from stitchnas.methods.pooling import PoolingSearchConfig
+    from supernet.training import snapshot_epochs
 
     train_cfg = train_config_from_args(args)
+    snapshots = getattr(args, "score_snapshots", 1)  # search pooling only
+    try:
+        snapshot_epochs(train_cfg.epochs, snapshots)
+    except ValueError as err:
+        raise ValueError(f"--score-snapshots: {str(err).partition(': ')[2]}") from None
     return PoolingSearchConfig(
         space=space_from_args(args), data=data_spec_from_args(args), train=train_cfg,
         eval=eval_config_from_args(args, train_cfg.device, train_cfg), max_candidates=max_candidates,
         export_front=not args.no_export, mixture=mixture, hv_reference=args.hv_reference,
-        cost=cost_config_from_args(args), rank=rank_rule_from_args(args),
+        cost=cost_config_from_args(args), rank=rank_rule_from_args(args), score_snapshots=snapshots,
     )
 
 
@@ -198,6 +204,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     add_train_args(p, epochs=40)
     add_eval_args(p)
+    p.add_argument("--score-snapshots", type=int, default=1, metavar="K",
+                   help="score each placement by its mean accuracy over the supernet at K epochs near the end of "
+                        "training (epochs // 12 apart, the last one the final; kept as supernet_eNNNN.pt): 4 ranked "
+                        "better than 1 on both benchmarks of BENCHMARKS.md 'Search quality', at 4x the scoring "
+                        "(default 1: the final supernet)")
     add_finetune_args(p)
     add_rank_args(p)
     p.add_argument("--candidates", type=int, default=None, help="evaluate a seeded random subset (default: all)")

@@ -4,8 +4,12 @@ Javan et al., "Balanced Mixture of SuperNets for Learning the CNN Pooling Archit
 (arXiv 2306.11982): train one supernet by sampling a placement uniformly per step (single-path
 one-shot), score every placement on ``search_val`` with BatchNorm handled per configuration,
 and export the Pareto-optimal placements as standalone networks with the supernet's weights.
-The mixture (BMS) variant is :mod:`stitchnas.methods.bms`. The stages and files are the
-pipeline's (:mod:`stitchnas.search.pipeline`); the checkpoint is ``supernet.pt``.
+With ``score_snapshots`` K > 1 a placement's score is its mean accuracy over the supernet at K
+epochs near the end of training (:func:`supernet.training.snapshot_epochs`; the earlier ones kept
+as ``supernet_e{epoch}.pt``): score averaging over checkpoints, which ranked better than the final
+supernet alone on both of BENCHMARKS.md's "Search quality" benchmarks. The mixture (BMS)
+variant is :mod:`stitchnas.methods.bms`. The stages and files are the pipeline's
+(:mod:`stitchnas.search.pipeline`); the checkpoint is ``supernet.pt``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from searchspace.pooling import PoolingConfig, PoolingSpace
 from stitchnas.core import records
 from stitchnas.core.checkpoints import load_checkpoint_weights
 from stitchnas.core.evaluation import accuracy
-from stitchnas.core.io import file_sha256
+from stitchnas.core.io import file_sha256, load_checkpoint, save_checkpoint
 from stitchnas.core.prefix import DEFAULT_PREFIX_BUDGET
 from stitchnas.core.records import OWN_JSON, Provenance, data_fields
 from stitchnas.core.runs import prepare_run_dir
@@ -49,7 +53,7 @@ from supernet.evaluation import EvalConfig, evaluate_path, prepare_path
 from supernet.flops import pooling_flops, pooling_params
 from supernet.networks import ModelSpec, PoolingSuperNet, build_supernet
 from supernet.shared_prefix import score_placements
-from supernet.training import TrainConfig, train
+from supernet.training import TrainConfig, snapshot_epochs, train
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,8 @@ class PoolingSearchConfig:
     """A pooling search's ``run_config.json`` (``"kind": "pooling_search"``), decoded strictly;
     ``max_candidates``, ``export_front``, ``mixture`` and ``hv_reference`` may be absent (older runs);
     ``cost`` (the front's cost axis, :mod:`stitchnas.search.cost`) is absent for FLOPs; ``rank``
-    (the front's score, :mod:`stitchnas.search.rank_rule`) is absent when it is the supernet score."""
+    (the front's score, :mod:`stitchnas.search.rank_rule`) is absent when it is the supernet score;
+    ``score_snapshots`` (supernet snapshots whose scores are averaged, SPOS only) is absent when 1."""
 
     space: PoolingSpace = field(metadata=OWN_JSON)
     data: DataSpec = field(default_factory=DataSpec)
@@ -76,11 +81,12 @@ class PoolingSearchConfig:
     hv_reference: str = "evaluated"  # see stitchnas.search.pipeline.HV_REFERENCES
     cost: CostConfig = field(default_factory=CostConfig)  # the front's cost axis (default FLOPs)
     rank: RankRule = field(default_factory=lambda: DEFAULT_RANK)  # the front's score
+    score_snapshots: int = 1  # supernet snapshots a placement's score averages (1: the final supernet)
 
     json_kind: ClassVar[str] = "pooling_search"
     json_keep_none: ClassVar[bool] = True
     # runs written before "rank" existed ranked by the supernet score
-    json_absent: ClassVar[dict[str, Any]] = {**COST_ABSENT, "rank": RankRule("score")}
+    json_absent: ClassVar[dict[str, Any]] = {**COST_ABSENT, "rank": RankRule("score"), "score_snapshots": 1}
 
     def __post_init__(self) -> None:
         if self.hv_reference not in HV_REFERENCES:
@@ -90,6 +96,14 @@ class PoolingSearchConfig:
             raise ValueError(f"search 'max_candidates': expected >= 1 or None, got {self.max_candidates}")
         if self.mixture is not None:
             self.mixture.check_space(self.space)
+        snapshot_epochs(self.train.epochs, self.score_snapshots)  # raises when they do not fit
+        if self.score_snapshots > 1 and self.mixture is not None:
+            raise ValueError("search 'score_snapshots': averaging over snapshots is for one supernet (SPOS); "
+                             "a mixture scores its final assignment")
+
+    def snapshot_epochs(self) -> tuple[int, ...]:
+        """The epochs whose supernets a placement's score averages (the last: ``train.epochs``)."""
+        return snapshot_epochs(self.train.epochs, self.score_snapshots)
 
     def to_json(self) -> dict[str, Any]:
         return records.to_json(self)
@@ -134,6 +148,48 @@ def train_supernet(ctx: SupernetTraining) -> None:
           on_step=ctx.on_step)
 
 
+def snapshot_path(run_dir: str | Path, epoch: int) -> Path:
+    """Where a search keeps its supernet of the end of ``epoch`` (``score_snapshots`` > 1; the
+    last epoch's is the run's checkpoint, ``supernet.pt``)."""
+    return Path(run_dir) / f"supernet_e{epoch:04d}.pt"
+
+
+def keep_snapshots(supernet: PoolingSuperNet, cfg: PoolingSearchConfig, data: DataSplits, run_dir: Path,
+                   then: Callable[[int], None] | None = None) -> Callable[[int], None]:
+    """An ``on_step`` hook that saves the supernet at the end of every snapshot epoch but the
+    last (:meth:`PoolingSearchConfig.snapshot_epochs`) to :func:`snapshot_path`, then calls
+    ``then``. It runs before the epoch's checkpoint is written, so a resumed run has every
+    snapshot of the epochs it does not redo."""
+    from stitchnas.core.training import batches_for
+
+    per_epoch = batches_for(data.search_train, torch.device("cpu")).num_batches(cfg.train.batch_size, drop_last=True)
+    wanted = set(cfg.snapshot_epochs()[:-1])
+
+    def on_step(step: int) -> None:
+        epoch, rest = divmod(step, per_epoch)
+        if rest == 0 and epoch in wanted:
+            state = {k: v.detach().cpu().clone() for k, v in supernet.state_dict().items()}
+            save_checkpoint(snapshot_path(run_dir, epoch), {"model": state, "epoch": epoch})
+        if then is not None:
+            then(step)
+
+    return on_step
+
+
+def load_snapshots(run_dir: str | Path, cfg: PoolingSearchConfig) -> list[dict[str, torch.Tensor]]:
+    """The kept supernets' state dicts, in epoch order, without the last (the run's checkpoint).
+
+    Raises:
+        ValueError: One line naming a snapshot file that is missing or unreadable."""
+    states = []
+    for epoch in cfg.snapshot_epochs()[:-1]:
+        state = load_checkpoint(snapshot_path(run_dir, epoch))
+        if not isinstance(state.get("model"), dict):
+            raise ValueError(f"checkpoint {snapshot_path(run_dir, epoch)}: not a supernet snapshot (no 'model')")
+        states.append(state["model"])
+    return states
+
+
 def build_search_model(cfg: PoolingSearchConfig, spec: ModelSpec) -> PoolingSuperNet | MixtureOfSuperNets:
     """One supernet, or a mixture of them when the search asks for one."""
     if cfg.mixture is None:
@@ -175,8 +231,9 @@ class PoolingTask(CandidateTask):
     hypervolume after 50 evaluations than the FLOPs-rank encoding of other tasks)."""
 
     def __init__(self, space: PoolingSpace, data: DataSplits, supernet: PoolingSuperNet | None = None,
-                 eval_cfg: EvalConfig | None = None) -> None:
+                 eval_cfg: EvalConfig | None = None, snapshots: Sequence[dict[str, torch.Tensor]] = ()) -> None:
         self.space, self.data, self.supernet, self.eval_cfg = space, data, supernet, eval_cfg
+        self.snapshots = list(snapshots)  # earlier supernets whose scores a placement's score averages
 
     def __len__(self) -> int:
         return len(self.space)
@@ -211,6 +268,7 @@ class PoolingTask(CandidateTask):
             spec=(self.data.in_chans, self.data.num_classes), eval_cfg=self.eval_cfg.to_json(),
             weights={k: v.detach().cpu().clone() for k, v in self.supernet.state_dict().items()},
             calib=ship_split(self.data.search_train), val=ship_split(self.data.search_val),
+            snapshot_weights=tuple(self.snapshots),
         )
 
     def distributions(self) -> dict[str, Any]:
@@ -229,7 +287,9 @@ class PoolingEvaluator(CandidateEvaluator):
     """Plain data that rebuilds the trained supernet and scores a placement on it, with
     BatchNorm handled per configuration as ``eval_cfg`` says. Several placements are scored
     with each shared prefix computed once per batch (:func:`supernet.shared_prefix.score_placements`),
-    keeping at most ``prefix_budget`` bytes of activations per pass."""
+    keeping at most ``prefix_budget`` bytes of activations per pass. With ``snapshot_weights``
+    (earlier supernets of the same run) a placement's score is its mean accuracy over those and
+    the final supernet, in epoch order."""
 
     key: str
     space: dict[str, Any]
@@ -239,25 +299,34 @@ class PoolingEvaluator(CandidateEvaluator):
     calib: ShippedSplit  # tensors, or a split streamed from disk
     val: ShippedSplit
     prefix_budget: int = DEFAULT_PREFIX_BUDGET
+    snapshot_weights: tuple[dict[str, torch.Tensor], ...] = ()
 
     def prepare(self, device: str) -> Scorer:
         space = PoolingSpace.from_json(self.space)
-        supernet = build_supernet(space, ModelSpec(*self.spec))
-        supernet.load_state_dict(self.weights)
+        supernets = []
+        for weights in (*self.snapshot_weights, self.weights):
+            supernet = build_supernet(space, ModelSpec(*self.spec))
+            supernet.load_state_dict(weights)
+            supernets.append(supernet)
         eval_cfg = EvalConfig.from_json({**self.eval_cfg, "device": device}, "pooling evaluator")
         calib, val = unship_split(self.calib), unship_split(self.val)
 
         def one(index: int) -> float:
-            return evaluate_path(supernet, space.config(index), calib, val, eval_cfg)
+            accs = [evaluate_path(s, space.config(index), calib, val, eval_cfg) for s in supernets]
+            return sum(accs) / len(accs)
 
         if eval_cfg.finetune is not None:  # every placement trains its own network: one at a time
             return one
 
         def many(indices: Sequence[int]) -> dict[int, float | Score]:
-            accs, report = score_placements(supernet, [space.config(i) for i in indices], calib, val, eval_cfg,
-                                            self.prefix_budget)
-            log.info("%s", report.describe())
-            return {i: acc for i, acc in zip(indices, accs) if acc is not None}
+            per_supernet = []
+            for supernet in supernets:
+                accs, report = score_placements(supernet, [space.config(i) for i in indices], calib, val, eval_cfg,
+                                                self.prefix_budget)
+                log.info("%s", report.describe())
+                per_supernet.append(accs)
+            # a placement with a non-finite logit on any snapshot is left to one(), which reports it
+            return {i: sum(a) / len(a) for i, *a in zip(indices, *per_supernet) if None not in a}
 
         return PrefixScorer(one, many)
 
@@ -308,7 +377,8 @@ def export_pooling_candidate(
     model = prepare_path(supernet, config, data.search_train, replace(cfg.eval, bn_mode="recalibrate"))
     metrics: dict[str, Any] = {"search_val_acc": search_val_acc}
     # A fine-tuned network is measured again: a Ray trial with other threads trains it to other last bits.
-    if cfg.eval.bn_mode == "recalibrate" and cfg.eval.finetune is None and search_val_acc is not None:
+    averaged = cfg.score_snapshots > 1  # the score is a mean over snapshots, not this network's
+    if cfg.eval.bn_mode == "recalibrate" and cfg.eval.finetune is None and not averaged and search_val_acc is not None:
         metrics["val_acc"] = search_val_acc
     return _export_pooling_model(folder, model, space, config, data, cfg.eval, provenance, metrics)
 
@@ -348,7 +418,11 @@ class PoolingMethod(SearchMethod):
     def __init__(self, cfg: PoolingSearchConfig, trainer: SupernetTrainer = train_supernet) -> None:
         if cfg.mixture is not None and type(self) is PoolingMethod:
             raise ValueError("pooling search: the config has a 'mixture'; use stitchnas.methods.bms.MixtureMethod")
+        if cfg.score_snapshots > 1 and trainer is not train_supernet:
+            raise ValueError("search 'score_snapshots': the snapshots are kept by the in-process trainer; "
+                             "train without Ray Train workers, or score the final supernet alone")
         self.cfg, self.trainer = cfg, trainer
+        self.run_dir: Path | None = None  # where the snapshots are, once trained or loaded
 
     @classmethod
     def from_run_config(cls, raw: Any, where: str = "run config") -> PoolingMethod:
@@ -380,17 +454,28 @@ class PoolingMethod(SearchMethod):
 
     def train(self, network: nn.Module, ctx: TrainContext) -> None:
         assert isinstance(network, (PoolingSuperNet, MixtureOfSuperNets))
+        on_step = ctx.on_step
+        if self.cfg.score_snapshots > 1:
+            assert isinstance(network, PoolingSuperNet)  # the config refuses snapshots of a mixture
+            on_step = keep_snapshots(network, self.cfg, ctx.data, ctx.out_dir, ctx.on_step)
+        self.run_dir = ctx.out_dir
         self.trainer(SupernetTraining(network, ctx.data, self.cfg, ctx.checkpoint, ctx.out_dir, ctx.resume,
-                                      ctx.progress, ctx.on_step))
+                                      ctx.progress, on_step))
 
     def load_trained(self, run_dir: Path, data: DataSplits) -> nn.Module:
         network = build_search_model(self.cfg, ModelSpec(data.in_chans, data.num_classes))
         load_checkpoint_weights(network, Path(run_dir) / SUPERNET_CHECKPOINT, "a supernet")
+        self.run_dir = Path(run_dir)
         return network.eval()
 
     def task(self, network: nn.Module, data: DataSplits) -> CandidateTask:
         assert isinstance(network, PoolingSuperNet)
-        return PoolingTask(self.cfg.space, data, network, self.cfg.eval)
+        snapshots: list[dict[str, torch.Tensor]] = []
+        if self.cfg.score_snapshots > 1:
+            if self.run_dir is None:
+                raise ValueError("pooling search: scoring with 'score_snapshots' needs the trained run's folder")
+            snapshots = load_snapshots(self.run_dir, self.cfg)
+        return PoolingTask(self.cfg.space, data, network, self.cfg.eval, snapshots)
 
     def candidates(self, task: CandidateTask) -> list[int]:
         return [self.cfg.space.index(c) for c in select_candidates(self.cfg.space, self.cfg.max_candidates,
