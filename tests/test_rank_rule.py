@@ -5,13 +5,12 @@ run configs and CLI options."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers import assert_bad_option
 
 import stitchnas
 from searchspace.pooling import create_space
-from stitchnas.cli import main
 from stitchnas.cli.options import print_front
 from stitchnas.data import DataSpec
 from stitchnas.methods.pooling import PoolingSearchConfig
@@ -110,8 +109,4 @@ def test_a_blend_search_writes_the_blend_front_and_resume_refuses_another_rule(t
     (["search", "bms", "--rank-by", "blend", "--blend-weight", "2"], "--blend-weight: expected a number in [0, 1]"),
 ])
 def test_bad_rank_options_get_one_line_naming_the_option(capsys, tmp_path, argv, message):
-    code = main([*argv, "--out", str(tmp_path / "run"), "--no-progress"])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and message in lines[-1], lines
-    assert not any(line.startswith("Traceback") for line in lines)
-    assert not Path(tmp_path / "run").exists()
+    assert_bad_option(capsys, [*argv], message, tmp_path / "run")

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from helpers import assert_bad_option
 
 import stitchnas
 from searchspace.pooling import create_space
@@ -127,11 +127,7 @@ def test_a_missing_snapshot_is_one_line_naming_it(averaged, tmp_path):
     (["--score-snapshots", "5", "--epochs", "3"], "--score-snapshots: 5 snapshots 1 epoch(s) apart do not fit in 3"),
 ])
 def test_bad_snapshot_options_get_one_line_naming_the_option(capsys, tmp_path, argv, message):
-    code = main(["search", "pooling", *argv, "--out", str(tmp_path / "run"), "--no-progress"])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and message in lines[-1], lines
-    assert not any(line.startswith("Traceback") for line in lines)
-    assert not Path(tmp_path / "run").exists()
+    assert_bad_option(capsys, ["search", "pooling", *argv], message, tmp_path / "run")
 
 
 def test_cli_records_the_snapshots(tmp_path, capsys):
