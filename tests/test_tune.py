@@ -190,6 +190,31 @@ def test_ray_and_in_process_give_identical_results(ray_cluster, tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.parametrize("variant", ["snapshots", "finetune"])
+def test_ray_trials_score_snapshots_and_fine_tuned_networks_as_in_process(ray_cluster, tmp_path, variant):
+    """Ray trials score with what the evaluator carries (the snapshot weights; the fine-tuning
+    recipe and data), as the in-process backend does. That a shipped split keeps its mirror
+    flag is tested in test_finetune_scoring.py."""
+    cfg = tiny_config(max_candidates=4)
+    if variant == "snapshots":
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2), score_snapshots=2)
+    else:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, finetune=dataclasses.replace(
+            cfg.train, lr=0.01, lr_min=1e-4)))
+    stage = RayTuneStage(TuneOptions(search="exhaustive", candidates_per_trial=2))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the 1-CPU trials
+    try:
+        local = stitchnas.run_search(cfg, tmp_path / "local", progress=False, backend=evaluate_in_process)
+        remote = stitchnas.run_search(cfg, tmp_path / "ray", progress=False, backend=stage.evaluate)
+    finally:
+        torch.set_num_threads(threads)
+    a, b = rows_by_candidate(local.out_dir), rows_by_candidate(remote.out_dir)
+    assert set(a) == set(b) and len(a) == 4
+    assert all(b[i]["status"] == "ok" and b[i]["val_acc"] == a[i]["val_acc"] for i in a)
+
+
+@pytest.mark.ray
 def test_nsga2_front_is_valid_and_respects_the_budget(ray_cluster, tmp_path):
     cfg = dataclasses.replace(tiny_config(), hv_reference="space")
     stage = RayTuneStage(TuneOptions(search="nsga2", budget=10, population_size=4, seed=3))
