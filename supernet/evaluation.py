@@ -139,9 +139,12 @@ def finetune_path(model: nn.Module, data: ImageSplit, recipe: TrainConfig) -> No
     is left in eval mode."""
     from supernet.training import train  # training imports evaluation's neighbours: imported late
 
-    torch.manual_seed(recipe.seed)  # nothing random is drawn from it today; a future layer might
-    with torch.enable_grad():  # scoring runs under no_grad
-        train(model, data, replace(recipe, device=str(next(model.parameters()).device)), progress=False)
+    device = next(model.parameters()).device
+    # torch's global RNG is seeded for this network alone (nothing draws from it today; a future
+    # layer might) and restored after, so scoring leaves the caller's random state as it was
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), torch.enable_grad():
+        torch.manual_seed(recipe.seed)
+        train(model, data, replace(recipe, device=str(device)), progress=False)  # enable_grad: scoring runs no_grad
     model.eval()
 
 

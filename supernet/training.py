@@ -94,21 +94,22 @@ def train(
     return fit(run_epoch, model, optimizer, supernet_checkpoint(checkpoint_path, cfg, desc), options, on_step)
 
 
-def snapshot_epochs(epochs: int, count: int) -> tuple[int, ...]:
+def snapshot_epochs(epochs: int, count: int, name: str = "score_snapshots") -> tuple[int, ...]:
     """The epochs (1-based, ascending, the last one ``epochs``) at whose end a supernet is kept
     for score averaging over checkpoints: ``count`` of them, ``max(1, epochs // 12)`` apart, so
     within the last quarter of training from 4 snapshots on (120 epochs, 4: 90, 100, 110, 120;
     BENCHMARKS.md "Search quality").
 
     Raises:
-        ValueError: ``count`` below 1, or more snapshots than the spacing fits in ``epochs``.
+        ValueError: One line starting with ``name`` (the option or field that set ``count``):
+            ``count`` below 1, or more snapshots than the spacing fits in ``epochs``.
     """
     if count < 1:
-        raise ValueError(f"score_snapshots: expected an integer >= 1, got {count}")
+        raise ValueError(f"{name}: expected an integer >= 1, got {count}")
     step = max(1, epochs // 12)
     first = epochs - (count - 1) * step
     if first < 1:
-        raise ValueError(f"score_snapshots: {count} snapshots {step} epoch(s) apart do not fit in {epochs} epochs "
+        raise ValueError(f"{name}: {count} snapshots {step} epoch(s) apart do not fit in {epochs} epochs "
                          f"(at most {(epochs - 1) // step + 1})")
     return tuple(range(first, epochs + 1, step))
 

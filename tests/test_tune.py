@@ -154,18 +154,25 @@ def test_ledger_records_the_node_of_each_scored_candidate_once(tmp_path):
         {"candidate": 1, "trial": "t1", "node_id": "n0", "node_ip": "10.0.0.1"}]
 
 
-# ----------------------------------------------------------------------------- on Ray
-@pytest.mark.ray
-def test_ray_and_in_process_give_identical_results(ray_cluster, tmp_path):
-    cfg = tiny_config(max_candidates=8, export=True)
-    stage = RayTuneStage(TuneOptions(search="exhaustive", candidates_per_trial=3))
+def in_process_and_on_ray(cfg: PoolingSearchConfig, tmp_path: Path, stage: RayTuneStage):
+    """The same search run in process (``tmp_path/local``) and through ``stage`` (``tmp_path/ray``),
+    both with one torch thread, as in the 1-CPU trials: parallel reductions may round differently."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the 1-CPU trials: parallel reductions may round differently
+    torch.set_num_threads(1)
     try:
         local = stitchnas.run_search(cfg, tmp_path / "local", progress=False, backend=evaluate_in_process)
         remote = stitchnas.run_search(cfg, tmp_path / "ray", progress=False, backend=stage.evaluate)
     finally:
         torch.set_num_threads(threads)
+    return local, remote
+
+
+# ----------------------------------------------------------------------------- on Ray
+@pytest.mark.ray
+def test_ray_and_in_process_give_identical_results(ray_cluster, tmp_path):
+    cfg = tiny_config(max_candidates=8, export=True)
+    local, remote = in_process_and_on_ray(cfg, tmp_path, RayTuneStage(TuneOptions(search="exhaustive",
+                                                                                   candidates_per_trial=3)))
     a, b = rows_by_candidate(local.out_dir), rows_by_candidate(remote.out_dir)
     assert set(a) == set(b) and len(a) == 8
     for index in a:
@@ -201,14 +208,8 @@ def test_ray_trials_score_snapshots_and_fine_tuned_networks_as_in_process(ray_cl
     else:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, finetune=dataclasses.replace(
             cfg.train, lr=0.01, lr_min=1e-4)))
-    stage = RayTuneStage(TuneOptions(search="exhaustive", candidates_per_trial=2))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the 1-CPU trials
-    try:
-        local = stitchnas.run_search(cfg, tmp_path / "local", progress=False, backend=evaluate_in_process)
-        remote = stitchnas.run_search(cfg, tmp_path / "ray", progress=False, backend=stage.evaluate)
-    finally:
-        torch.set_num_threads(threads)
+    local, remote = in_process_and_on_ray(cfg, tmp_path, RayTuneStage(TuneOptions(search="exhaustive",
+                                                                                   candidates_per_trial=2)))
     a, b = rows_by_candidate(local.out_dir), rows_by_candidate(remote.out_dir)
     assert set(a) == set(b) and len(a) == 4
     assert all(b[i]["status"] == "ok" and b[i]["val_acc"] == a[i]["val_acc"] for i in a)

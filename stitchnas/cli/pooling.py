@@ -44,10 +44,7 @@ def _search_config(
 
     train_cfg = train_config_from_args(args)
     snapshots = getattr(args, "score_snapshots", 1)  # search pooling only
-    try:
-        snapshot_epochs(train_cfg.epochs, snapshots)
-    except ValueError as err:
-        raise ValueError(f"--score-snapshots: {str(err).partition(': ')[2]}") from None
+    snapshot_epochs(train_cfg.epochs, snapshots, "--score-snapshots")  # the option's name in the error
     return PoolingSearchConfig(
         space=space_from_args(args), data=data_spec_from_args(args), train=train_cfg,
         eval=eval_config_from_args(args, train_cfg.device, train_cfg), max_candidates=max_candidates,

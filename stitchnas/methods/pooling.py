@@ -29,7 +29,7 @@ from searchspace.pooling import PoolingConfig, PoolingSpace
 from stitchnas.core import records
 from stitchnas.core.checkpoints import load_checkpoint_weights
 from stitchnas.core.evaluation import accuracy
-from stitchnas.core.io import file_sha256, load_checkpoint, save_checkpoint
+from stitchnas.core.io import file_sha256, save_checkpoint
 from stitchnas.core.prefix import DEFAULT_PREFIX_BUDGET
 from stitchnas.core.records import OWN_JSON, Provenance, data_fields
 from stitchnas.core.runs import prepare_run_dir
@@ -168,7 +168,7 @@ def keep_snapshots(supernet: PoolingSuperNet, cfg: PoolingSearchConfig, data: Da
     def on_step(step: int) -> None:
         epoch, rest = divmod(step, per_epoch)
         if rest == 0 and epoch in wanted:
-            state = {k: v.detach().cpu().clone() for k, v in supernet.state_dict().items()}
+            state = {k: v.detach().cpu() for k, v in supernet.state_dict().items()}  # written at once: no copy
             save_checkpoint(snapshot_path(run_dir, epoch), {"model": state, "epoch": epoch})
         if then is not None:
             then(step)
@@ -176,17 +176,17 @@ def keep_snapshots(supernet: PoolingSuperNet, cfg: PoolingSearchConfig, data: Da
     return on_step
 
 
-def load_snapshots(run_dir: str | Path, cfg: PoolingSearchConfig) -> list[dict[str, torch.Tensor]]:
+def load_snapshots(run_dir: str | Path, cfg: PoolingSearchConfig, spec: ModelSpec) -> list[dict[str, torch.Tensor]]:
     """The kept supernets' state dicts, in epoch order, without the last (the run's checkpoint).
 
     Raises:
-        ValueError: One line naming a snapshot file that is missing or unreadable."""
+        ValueError: One line naming a snapshot file that is missing, unreadable or not this
+            search's supernet (:func:`~stitchnas.core.checkpoints.load_checkpoint_weights`)."""
     states = []
     for epoch in cfg.snapshot_epochs()[:-1]:
-        state = load_checkpoint(snapshot_path(run_dir, epoch))
-        if not isinstance(state.get("model"), dict):
-            raise ValueError(f"checkpoint {snapshot_path(run_dir, epoch)}: not a supernet snapshot (no 'model')")
-        states.append(state["model"])
+        supernet = build_supernet(cfg.space, spec)
+        load_checkpoint_weights(supernet, snapshot_path(run_dir, epoch), "a supernet snapshot")
+        states.append(supernet.state_dict())
     return states
 
 
@@ -376,9 +376,10 @@ def export_pooling_candidate(
     """
     model = prepare_path(supernet, config, data.search_train, replace(cfg.eval, bn_mode="recalibrate"))
     metrics: dict[str, Any] = {"search_val_acc": search_val_acc}
-    # A fine-tuned network is measured again: a Ray trial with other threads trains it to other last bits.
-    averaged = cfg.score_snapshots > 1  # the score is a mean over snapshots, not this network's
-    if cfg.eval.bn_mode == "recalibrate" and cfg.eval.finetune is None and not averaged and search_val_acc is not None:
+    # The score is this network's search_val accuracy only with plain re-calibrated scoring: a mean
+    # over snapshots is no network's, and a Ray trial with other threads fine-tunes to other last bits.
+    score_is_this_network = cfg.eval.bn_mode == "recalibrate" and cfg.eval.finetune is None and cfg.score_snapshots == 1
+    if score_is_this_network and search_val_acc is not None:
         metrics["val_acc"] = search_val_acc
     return _export_pooling_model(folder, model, space, config, data, cfg.eval, provenance, metrics)
 
@@ -474,7 +475,7 @@ class PoolingMethod(SearchMethod):
         if self.cfg.score_snapshots > 1:
             if self.run_dir is None:
                 raise ValueError("pooling search: scoring with 'score_snapshots' needs the trained run's folder")
-            snapshots = load_snapshots(self.run_dir, self.cfg)
+            snapshots = load_snapshots(self.run_dir, self.cfg, ModelSpec(data.in_chans, data.num_classes))
         return PoolingTask(self.cfg.space, data, network, self.cfg.eval, snapshots)
 
     def candidates(self, task: CandidateTask) -> list[int]:
