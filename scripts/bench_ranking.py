@@ -63,7 +63,7 @@ def search_config(m: int, seed: int, epochs: int, args: argparse.Namespace, grou
         space=create_space(args.space, width_scale=args.width_scale),
         data=DataSpec(name="cluttered_digits", input_size=args.input_size, seed=0,
                       options={"canvas_size": args.input_size, "renders_per_image": 2}),
-        train=TrainConfig(epochs=epochs, batch_size=32, lr=0.1, seed=seed, device="cpu", augment=args.augment),
+        train=TrainConfig(epochs=epochs, batch_size=32, lr=0.1, seed=seed, device=args.device, augment=args.augment),
         eval=EvalConfig(bn_mode=bn_mode, calib_batches=8, seed=seed),
         export_front=False,
         mixture=MixtureConfig(num_supernets=m, t_max=args.t_max, grouping=grouping) if m > 1 else None,
@@ -261,6 +261,8 @@ def main() -> None:
     parser.add_argument("--augment", default="auto",
                         help="the searches' training augmentation; must be the ground truth's (checked when ranking)")
     parser.add_argument("--t-max", type=float, default=100.0)
+    parser.add_argument("--device", default="cpu",
+                        help="the searches' device (cpu, cuda, cuda:N); cpu for the committed tables")
     parser.add_argument("--blend-weight", type=float, default=0.5, help="weight of the no-training proxy in the blend")
     parser.add_argument("--bn-compare", action="store_true",
                         help="also score the M=1 supernets with per-batch BatchNorm statistics (needs supernet.pt)")
@@ -303,6 +305,8 @@ def main() -> None:
           f"{noise['mean_seed_range']:.2f}, max seed range {noise['max_seed_range']:.2f}; "
           f"Kendall tau between seeds {noise['seed_kendall_tau']:.3f}, between the means of two halves of its "
           f"{noise['seeds']} seeds {noise['half_kendall_tau']:.3f}")
+    print("  a k-seed mean against another (mean Kendall tau over disjoint sets): "
+          + ", ".join(f"k={k} {tau:.3f}" for k, tau in noise["agreement_by_seeds"].items()))
     from stitchnas.studies.truth import TruthConfig
 
     truth_augments = {augment_of(Path(t), TruthConfig) for t in args.truth}
@@ -327,9 +331,11 @@ def main() -> None:
         table = summary["protocols"][protocol] = {}
         for method in methods:
             folders = [method.folder(root, seed) for seed in seeds]
-            missing = [str(f) for f in folders if not (f / "results.csv").exists()]
+            # An interrupted search has results for some placements only: not a ranking yet.
+            missing = [str(f) for f in folders
+                       if not (f / "results.csv").exists() or not set(keys) <= set(search_estimates(f)[1])]
             if missing:
-                print(f"{method.name:<34} {method.epochs:>6}  not run yet: {', '.join(missing)}")
+                print(f"{method.name:<34} {method.epochs:>6}  not run yet or unfinished: {', '.join(missing)}")
                 continue
             augments = {augment_of(f, PoolingSearchConfig) for f in folders}
             if augments != {truth_augment}:  # a search trained on another recipe than the truth's networks

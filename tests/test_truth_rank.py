@@ -43,23 +43,36 @@ def test_ground_truth_has_one_row_per_configuration_and_seed(truth_dir):
     by_seed = rows.pivot(index="candidate", columns="seed", values="test_acc")
     assert noise["seed_kendall_tau"] == pytest.approx(stats.kendalltau(by_seed[0], by_seed[1]).statistic)
     assert noise["seeds"] == 2 and noise["half_kendall_tau"] == pytest.approx(noise["seed_kendall_tau"])
+    assert noise["agreement_by_seeds"] == {1: pytest.approx(noise["seed_kendall_tau"])}
 
 
-def test_half_agreement_compares_the_means_of_two_halves_of_the_seeds():
-    from stitchnas.studies.truth import half_agreement, seed_agreement
+def test_half_agreement_averages_every_split_of_the_seeds_into_two_halves():
+    from stitchnas.studies.truth import half_agreement, mean_agreement, seed_agreement
 
-    # 4 configurations x 4 seeds: each single seed is noisy, the two-seed means agree exactly.
+    # 4 configurations x 4 seeds.
     by_seed = pd.DataFrame({0: [1.0, 4.0, 2.0, 3.0], 1: [3.0, 1.0, 4.0, 2.0],
                             2: [2.0, 3.0, 1.0, 4.0], 3: [2.0, 2.0, 5.0, 1.0]}, index=[10, 11, 12, 13])
-    even, odd = by_seed[[0, 2]].mean(axis=1), by_seed[[1, 3]].mean(axis=1)
-    assert list(even) == [1.5, 3.5, 1.5, 3.5] and list(odd) == [2.5, 1.5, 4.5, 1.5]
-    assert half_agreement(by_seed) == pytest.approx(stats.kendalltau(even, odd).statistic)
+    splits = [([0, 2], [1, 3]), ([0, 1], [2, 3]), ([0, 3], [1, 2])]  # the three ways to halve 4 seeds
+    means = [(by_seed[a].mean(axis=1), by_seed[b].mean(axis=1)) for a, b in splits]
+    assert list(means[0][0]) == [1.5, 3.5, 1.5, 3.5] and list(means[0][1]) == [2.5, 1.5, 4.5, 1.5]
+    taus = [stats.kendalltau(a, b).statistic for a, b in means]
+    # by hand (tau-b): 0 concordant, 4 discordant pairs; identical means; 2 concordant, 3 discordant
+    assert taus == pytest.approx([-4 / np.sqrt(4 * 5), 1.0, -1 / np.sqrt(6 * 5)])
+    assert half_agreement(by_seed) == pytest.approx(np.mean(taus))
+    assert mean_agreement(by_seed, 2) == pytest.approx(np.mean(taus))
+    # One seed a side is the mean over every pair of seeds.
+    assert mean_agreement(by_seed, 1) == pytest.approx(seed_agreement(by_seed))
     assert half_agreement(by_seed[[0, 1]]) == pytest.approx(seed_agreement(by_seed[[0, 1]]))
-    assert np.isnan(half_agreement(by_seed[[0]]))
-    # Only configurations every seed of a half trained count.
+    assert np.isnan(half_agreement(by_seed[[0]])) and np.isnan(mean_agreement(by_seed, 3))
+    # Only configurations every seed of both halves trained count (seed 3 is in every split).
     gappy = by_seed.astype(float)
     gappy.loc[13, 3] = np.nan
-    assert half_agreement(gappy) == pytest.approx(stats.kendalltau(even[:3], odd[:3]).statistic)
+    expected = np.mean([stats.kendalltau(a[:3], b[:3]).statistic for a, b in means])
+    assert half_agreement(gappy) == pytest.approx(expected)
+    # More pairs of seed sets than max_pairs: a fixed sample of them, the same every call.
+    wide = pd.DataFrame(np.random.default_rng(0).normal(size=(8, 8)))
+    assert mean_agreement(wide, 2, max_pairs=5) == mean_agreement(wide, 2, max_pairs=5)
+    assert mean_agreement(wide, 2, max_pairs=5) != pytest.approx(mean_agreement(wide, 2))
 
 
 def test_ground_truth_resume_loses_and_repeats_nothing(truth_dir, tmp_path):

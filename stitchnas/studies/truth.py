@@ -241,11 +241,12 @@ def load_truth(paths: str | Path | Sequence[str | Path], space: PoolingSpace | N
     return truth
 
 
-def seed_noise(paths: str | Path | Sequence[str | Path]) -> dict[str, float]:
+def seed_noise(paths: str | Path | Sequence[str | Path]) -> dict[str, Any]:
     """Spread across configurations against noise across seeds, in accuracy points, and how
     well the truth agrees with itself: ``seed_kendall_tau`` (:func:`seed_agreement`, one seed
-    against another) and ``half_kendall_tau`` (:func:`half_agreement`, the mean of half the
-    seeds against the mean of the other half)."""
+    against another), ``half_kendall_tau`` (:func:`half_agreement`, the mean of half the seeds
+    against the mean of the other half) and ``agreement_by_seeds`` (``{k: tau}``,
+    :func:`mean_agreement` for k = 1 .. seeds // 2: a k-seed mean against another)."""
     rows = read_truth_rows(paths)
     means = rows.groupby("candidate")["test_acc"].mean()
     # Seed noise only from configurations trained with more than one seed.
@@ -262,6 +263,7 @@ def seed_noise(paths: str | Path | Sequence[str | Path]) -> dict[str, float]:
         "seed_kendall_tau": seed_agreement(by_seed),
         "seeds": int(by_seed.shape[1]),
         "half_kendall_tau": half_agreement(by_seed),
+        "agreement_by_seeds": {k: mean_agreement(by_seed, k) for k in range(1, by_seed.shape[1] // 2 + 1)},
     }
 
 
@@ -282,16 +284,40 @@ def seed_agreement(by_seed: pd.DataFrame) -> float:
 
 
 def half_agreement(by_seed: pd.DataFrame) -> float:
-    """Kendall tau between the mean accuracy over the even-positioned seeds and over the
-    odd-positioned ones (seeds in column order; configurations both halves trained), NaN with
-    fewer than two seeds. With two seeds it is the seed-to-seed tau; with four, how well a
-    two-seed mean ranks like another two-seed mean: the agreement a truth averaged over half
-    the seeds has with itself (a truth of all of them agrees better still)."""
+    """Kendall tau between the mean accuracy over one half of the seeds and over the other,
+    averaged over every way to split the seeds into two halves (the odd one out, with an odd
+    count, goes unused): :func:`mean_agreement` with ``n // 2`` seeds a side. NaN with fewer than
+    two seeds. With two seeds it is the seed-to-seed tau; with 2k, how well a k-seed mean ranks
+    like another k-seed mean: the agreement of a truth averaged over half the seeds (a truth of
+    all of them agrees better still)."""
+    return mean_agreement(by_seed, len(by_seed.columns) // 2)
+
+
+def mean_agreement(by_seed: pd.DataFrame, k: int, max_pairs: int = 2000) -> float:
+    """Mean Kendall tau between the mean accuracies of two disjoint sets of ``k`` seeds each
+    (configurations every seed of both sets trained), over every such pair of sets, or over
+    ``max_pairs`` of them drawn with a fixed seed when there are more. NaN when ``2 k`` exceeds
+    the seeds or ``k < 1``. ``k = 1`` is :func:`seed_agreement`; the curve over ``k`` says how
+    many seeds a truth needs to agree with itself to a given tau."""
+    import random
+    from itertools import combinations
+
+    import numpy as np
+
     from stitchnas.studies.ranking import kendall_tau
 
-    columns = list(by_seed.columns)
-    if len(columns) < 2:
+    values = by_seed.to_numpy(dtype=float)
+    n = values.shape[1]
+    if k < 1 or 2 * k > n:
         return float("nan")
-    halves = [by_seed[columns[0::2]].mean(axis=1, skipna=False), by_seed[columns[1::2]].mean(axis=1, skipna=False)]
-    both = [h[halves[0].notna() & halves[1].notna()] for h in halves]
-    return kendall_tau(both[0].tolist(), both[1].tolist()) if len(both[0]) >= 3 else float("nan")
+    pairs = [(a, b) for a in combinations(range(n), k)
+             for b in combinations([c for c in range(n) if c not in a], k) if a < b]
+    if len(pairs) > max_pairs:
+        pairs = random.Random(0).sample(pairs, max_pairs)
+    taus = []
+    for a, b in pairs:
+        mean_a, mean_b = values[:, list(a)].mean(axis=1), values[:, list(b)].mean(axis=1)  # NaN if a seed lacks it
+        both = np.isfinite(mean_a) & np.isfinite(mean_b)
+        if both.sum() >= 3:
+            taus.append(kendall_tau(mean_a[both].tolist(), mean_b[both].tolist()))
+    return float(sum(taus) / len(taus)) if taus else float("nan")
