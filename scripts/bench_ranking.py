@@ -17,7 +17,8 @@ rho, top-5 overlap, regret and budget regret (points) and the search's own seed-
 adds the M=1 runs (``--finetune-ms``) ranked after fine-tuning every placement E epochs from
 the supernet's weights (36 x E x 45 more SGD steps per run; cached in each run folder);
 ``--snapshots 90,100,110,120`` adds the M=1 runs of the last epoch ranked by the mean of their
-scores over supernet snapshots at those epochs (score averaging over checkpoints; retrains).
+scores over supernet snapshots at those epochs (score averaging over checkpoints; retrains);
+repeat it for runs of other lengths (``--snapshots 24,26,28,30``).
 """
 
 from __future__ import annotations
@@ -271,16 +272,18 @@ def main() -> None:
                              "from the supernet's weights (needs supernet.pt; 0: no)")
     parser.add_argument("--finetune-lr", type=float, default=0.01)
     parser.add_argument("--finetune-ms", default="1", help="the mixture sizes whose runs are fine-tuned")
-    parser.add_argument("--snapshots", default="",
+    parser.add_argument("--snapshots", action="append", default=[],
                         help="comma-separated epochs, the last an M=1 run's: also rank by its score averaged over "
-                             "supernet snapshots at these epochs (retrains the supernet once; cached)")
+                             "supernet snapshots at these epochs (retrains the supernet once; cached); repeatable")
     parser.add_argument("--out", default="runs/bench_ranking", help="root folder: e{epochs}/{m|gm}{M}_s{seed}")
     parser.add_argument("--search-only", action="store_true", help="run the searches, skip ranking")
     parser.add_argument("--rank-only", action="store_true",
                         help="rank finished search folders (results.csv) without running or resuming searches")
     args = parser.parse_args()
     root = Path(args.out)
-    snapshots = sorted(int(e) for e in args.snapshots.split(",") if e.strip())
+    # the snapshot epochs of an M=1 run, by its length (the last epoch of each list)
+    snapshot_lists = [sorted(int(e) for e in text.split(",") if e.strip()) for text in args.snapshots]
+    snapshots_of = {epochs[-1]: epochs for epochs in snapshot_lists if epochs}
     seeds = [int(s) for s in args.seeds.split(",")]
     plan = protocols(args)
     unique = sorted({m for ms in plan.values() for m in ms}, key=lambda m: (m.epochs * m.m, m.m, m.grouping))
@@ -357,9 +360,10 @@ def main() -> None:
 
                 label = f"{method.name} + fine-tune {args.finetune_epochs} ep"
                 rules += [(label, None, tuned), (f"{label} + proxy blend", args.blend_weight, tuned)]
-            if snapshots and method.m == 1 and method.epochs == snapshots[-1]:
-                def averaged(folder: Path) -> np.ndarray:
-                    return np.mean(list(snapshot_scores(folder, keys, snapshots).values()), axis=0)
+            snapshots = snapshots_of.get(method.epochs, [])
+            if snapshots and method.m == 1:
+                def averaged(folder: Path, epochs: list[int] = snapshots) -> np.ndarray:
+                    return np.mean(list(snapshot_scores(folder, keys, epochs).values()), axis=0)
 
                 label = f"{method.name} + mean of {len(snapshots)} ckpts"
                 rules += [(label, None, averaged), (f"{label} + blend", args.blend_weight, averaged)]
