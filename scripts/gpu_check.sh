@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check of issue 14, in one go, on a machine with a CUDA GPU (meant to finish well inside ten minutes; never run yet):
 # the CUDA tests, the GPU step / throughput / memory figures, and the README's main job on the
-# GPU, timed. Everything it prints goes to ${OUT:-gpu_check}/ too. Needs the project installed
+# GPU, timed. Everything it prints goes to ${OUT:-runs/gpu_check}/ too. Needs the project installed
 # with a CUDA build of torch (README, "Install torch first").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:-gpu_check}"
+out="${OUT:-runs/gpu_check}"
 mkdir -p "$out"
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device (torch.cuda.is_available() is False)')"

@@ -6,7 +6,7 @@
 # the ranking against that truth. Training stops at a deadline (TRAIN_S seconds) and resumes on
 # the next call: finished placements and search epochs are kept. The ranking runs only on a
 # complete truth; otherwise the script says what is missing and exits 3 (call it again).
-# Everything it prints goes to ${OUT:-gpu_ranking}/ too. Needs the project installed with a
+# Everything it prints goes to ${OUT:-runs/gpu_ranking}/ too. Needs the project installed with a
 # CUDA build of torch (README, "Install torch first").
 #
 # Settings (environment): SEEDS (truth seeds, default "0 1 2 3 4 5 6 7"), TRAIN_S (deadline of
@@ -15,7 +15,7 @@
 #   DEVICE=cpu SEEDS="0 1" TRUTH_EPOCHS=1 TOTAL_EPOCHS=2 PER_SUPERNET_EPOCHS=1 OUT=/tmp/dry scripts/gpu_ranking.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:-gpu_ranking}"
+out="${OUT:-runs/gpu_ranking}"
 seeds="${SEEDS:-0 1 2 3 4 5 6 7}"
 device="${DEVICE:-cuda}"
 train_s="${TRAIN_S:-420}"

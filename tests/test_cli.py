@@ -29,6 +29,9 @@ def test_flops_command_lists_all_configurations_and_checks_fvcore(capsys):
         (["search", "pooling", "--dataset", "mnist"], "mnist"),
         (["search", "pooling", "--dataset", "cifar10"], "data_dir"),
         (["search", "pooling", "--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "/nonexistent/cifar"),
+        # an embedded set never reads files: a --data-dir for it is a mistake, not ignored
+        (["search", "pooling", "--data-dir", "/nonexistent/mine"], "--data-dir): data set 'digits' is embedded"),
+        (["truth", "pooling", "--dataset", "cluttered_digits", "--data-dir", "."], "'cluttered_digits' is embedded"),
         (["search", "pooling", "--input-size", "3"], "input_size 3 is too small for 2 downsamplings"),
         (["search", "pooling", "--space", "resnet20", "--num-downsamples", "10"], "10 downsamplings do not fit in 9 positions"),
         (["search", "pooling", "--epochs", "0"], "'epochs'"),
@@ -37,7 +40,7 @@ def test_flops_command_lists_all_configurations_and_checks_fvcore(capsys):
     ],
 )
 def test_bad_input_gets_one_clear_line(capsys, tmp_path, argv, message):
-    if argv[0] == "search":
+    if argv[0] in ("search", "truth"):
         argv = argv + ["--out", str(tmp_path / "run"), "--no-progress"]
     code, _, err = run_cli(capsys, *argv)
     assert code == 2

@@ -144,6 +144,12 @@ def test_options_rejected_by_builtin_sets() -> None:
         load_data(DataSpec(options={"canvas_size": 32}))
 
 
+def test_embedded_sets_refuse_a_data_dir() -> None:
+    for name in ("digits", "cluttered_digits"):
+        with pytest.raises(ValueError, match=rf"data set '{name}' is embedded and reads no files, got '/my/images'"):
+            load_data(DataSpec(name=name, data_dir="/my/images"))
+
+
 def test_register_dataset() -> None:
     def tiny(spec: DataSpec) -> RawData:
         x = np.arange(40 * 3 * 4 * 4, dtype=np.float32).reshape(40, 3, 4, 4)

@@ -157,8 +157,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"model {args.model}: model.json field 'model.input_size': expected an integer >= 1, "
                          f"got {input_size!r}")
     want = (model_in_chans(model), model_num_classes(model, input_size, args.model))
-    spec = DataSpec(name=args.dataset or prov["dataset"], data_dir=args.data_dir or prov.get("data_dir"),
-                    input_size=input_size, seed=prov["seed"])
+    name = args.dataset or prov["dataset"]
+    # the recorded folder belongs to the recorded data set, not to one given instead
+    data_dir = args.data_dir or (prov.get("data_dir") if name == prov["dataset"] else None)
+    spec = DataSpec(name=name, data_dir=data_dir, input_size=input_size, seed=prov["seed"])
     data = load_data(spec)
     if (data.in_chans, data.num_classes) != want:
         raise ValueError(f"model {args.model}: takes {want[0]}-channel images and predicts {want[1]} classes; "

@@ -489,6 +489,15 @@ def make_loader(
 COMMON_OPTIONS = ("mirror_invariant",)
 
 
+def reject_data_dir(spec: DataSpec) -> None:
+    """Raises ``ValueError`` if an embedded data set (one that reads no files) is given a
+    ``data_dir``: silently training on the embedded images instead of the user's is worse
+    than stopping."""
+    if spec.data_dir is not None:
+        raise ValueError(f"DataSpec.data_dir (--data-dir): data set {spec.name!r} is embedded and reads no files, got "
+                         f"{spec.data_dir!r} (for your own data choose imagefolder, npz, cifar10 or cifar100)")
+
+
 def reject_options(spec: DataSpec, known: Sequence[str] = ()) -> None:
     """Raises ``ValueError`` if ``spec.options`` has a key not in ``known`` (or :data:`COMMON_OPTIONS`)."""
     known = (*known, *COMMON_OPTIONS)

@@ -21,7 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stitchnas.data.base import DataSpec, RawData, register_dataset, reject_options, stratified_split
+from stitchnas.data.base import (
+    DataSpec,
+    RawData,
+    register_dataset,
+    reject_data_dir,
+    reject_options,
+    stratified_split,
+)
 
 __all__ = ["ClutterConfig", "ClutteredDigits", "make_cluttered_digits"]
 
@@ -173,6 +180,7 @@ def make_cluttered_digits(
 
 def _load_cluttered(spec: DataSpec) -> RawData:
     reject_options(spec, tuple(f.name for f in fields(ClutterConfig)))
+    reject_data_dir(spec)
     options: dict[str, Any] = dict(spec.options)
     rendered = make_cluttered_digits(spec.seed, spec.test_fraction, ClutterConfig(**options))
     return RawData(rendered.x_train, rendered.y_train, num_classes=10,

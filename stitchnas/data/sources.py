@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from stitchnas.data.base import DataSpec, RawData, _check_labels, register_dataset, reject_options
+from stitchnas.data.base import (
+    DataSpec,
+    RawData,
+    _check_labels,
+    register_dataset,
+    reject_data_dir,
+    reject_options,
+)
 from stitchnas.data.imagefolder import looks_like_image_folder
 
 
@@ -29,6 +36,7 @@ def digits_file() -> Path:
 def _load_digits(spec: DataSpec) -> RawData:
     """The digits as ``sklearn.datasets.load_digits`` returns them, pixels scaled to [0, 1]."""
     reject_options(spec)
+    reject_data_dir(spec)
     with gzip.open(digits_file(), "rt", encoding="utf-8") as f:
         table = np.loadtxt(f, delimiter=",")  # what load_digits reads, the same way
     images = (table[:, :-1].reshape(-1, 8, 8).astype(np.float32) / 16.0)[:, None]
