@@ -248,7 +248,8 @@ def protocols(args: argparse.Namespace) -> dict[str, list[Method]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--truth", action="append", required=True, help="ground-truth folder (repeatable)")
+    parser.add_argument("--truth", action="extend", nargs="+", required=True,
+                        help="ground-truth folders (one or more; repeatable), e.g. a shell glob of truth20t10_s*")
     parser.add_argument("--space", default="resnet20", help="pooling space preset (resnet20, resnet20_equal_flops)")
     parser.add_argument("--width-scale", type=float, default=0.5)
     parser.add_argument("--input-size", type=int, default=24)
