@@ -49,6 +49,23 @@ def test_bad_input_gets_one_clear_line(capsys, tmp_path, argv, message):
     assert message in lines[0]
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["search", "pooling", "--space", "resnet21"], "stitchnas search pooling: error: argument --space: invalid choice: 'resnet21'"),
+        (["truth", "pooling", "--epochs", "x"], "stitchnas truth pooling: error: argument --epochs: invalid int value: 'x'"),
+        (["search", "pooling", "--no-such-option"], "stitchnas: error: unrecognized arguments: --no-such-option"),
+    ],
+)
+def test_option_syntax_errors_are_one_line_too(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    (line,) = err.strip().splitlines()  # no usage block above it
+    assert line.startswith(message) and line.endswith(f"(see {message.split(': error')[0]} --help)"), err
+
+
 def test_malformed_and_wrong_version_model_configs(capsys, tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()

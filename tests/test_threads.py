@@ -165,8 +165,8 @@ def test_a_bad_threads_option_exits_2_with_one_line(capsys, value):
         main(["search", "pooling", "--threads", value, "--out", "never"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.splitlines()[-1] == ("stitchnas search pooling: error: argument --threads: expected a whole "
-                                    f"number of threads >= 1, got '{value}'")
+    assert err.splitlines() == [("stitchnas search pooling: error: argument --threads: expected a whole "
+                                 f"number of threads >= 1, got '{value}' (see stitchnas search pooling --help)")]
     assert not Path("never").exists()
 
 

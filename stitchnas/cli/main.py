@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from stitchnas.cli import learngene, pooling, stitch, studies
 from stitchnas.core import threads
@@ -21,8 +22,16 @@ THREADS_HELP = ("torch threads (default: the CPUs this process may use: affinity
                 "gave it; OMP_NUM_THREADS if set); recorded in run_config.json")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage block would bury the line that names the bad
+    option (sub-commands inherit the class through ``add_subparsers``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stitchnas", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="stitchnas", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     pooling.add_commands(sub)
