@@ -147,6 +147,33 @@ def test_a_results_table_that_cannot_belong_to_the_run_is_refused(finished_run, 
         stitchnas.run_search(tiny_config(), out, resume=True, progress=False)
 
 
+def test_interrupt_during_exports_leaves_no_pareto_json_and_resume_finishes(finished_run, tmp_path, monkeypatch):
+    from stitchnas.methods.pooling import PoolingMethod
+
+    out = copy_run(finished_run, tmp_path)
+    shutil.rmtree(out / "exports")
+    (out / "pareto.json").unlink()
+    real_export, calls = PoolingMethod.export, []
+
+    def export_then_interrupt(self, folder, *args, **kwargs):
+        calls.append(folder.name)
+        if len(calls) == 2:  # Ctrl-C while the second front member is exported
+            raise KeyboardInterrupt
+        return real_export(self, folder, *args, **kwargs)
+
+    monkeypatch.setattr(PoolingMethod, "export", export_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        stitchnas.run_search(tiny_config(), out, resume=True, progress=False)
+    assert len(calls) == 2 and len(finished_run.exports) > 2
+    # pareto.json marks a finished run: none while the exports are incomplete
+    assert not (out / "pareto.json").exists()
+    monkeypatch.setattr(PoolingMethod, "export", real_export)
+    result = stitchnas.run_search(tiny_config(), out, resume=True, progress=False)
+    assert json.loads((out / "pareto.json").read_text())["front"] == json.loads(
+        (finished_run.out_dir / "pareto.json").read_text())["front"]
+    assert sorted(p.name for p in (out / "exports").iterdir()) == sorted(p.name for p in result.exports)
+
+
 def test_resume_leaves_exactly_the_final_front_in_exports(finished_run, tmp_path):
     out = copy_run(finished_run, tmp_path)
     stale = out / "exports" / "0001_1-1-8"

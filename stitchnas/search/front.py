@@ -38,6 +38,7 @@ class FrontSummary:
         cost_column: The row key the front ranks (``flops``, ``params`` or ``latency_ms``).
         rank: The score the front maximises (``pareto.json`` key ``"rank"``: ``by``, ``column``,
             and for a blend its ``weight``; :mod:`stitchnas.search.rank_rule`).
+        num_candidates: The rows the front was computed from.
     """
 
     front: list[dict[str, Any]]
@@ -48,6 +49,23 @@ class FrontSummary:
     cost: dict[str, Any] = field(default_factory=lambda: dict(FLOPS_COST.info))
     cost_column: str = "flops"
     rank: dict[str, Any] = field(default_factory=lambda: RankRule().info())
+    num_candidates: int = 0
+
+    def write_json(self, out_dir: str | Path) -> Path:
+        """Writes ``OUT/pareto.json`` atomically; returns its path."""
+        path = Path(out_dir) / "pareto.json"
+        atomic_write_json(path, {
+            "objectives": {self.cost_column: "minimize", self.rank["column"]: "maximize"},
+            "cost": self.cost,
+            "rank": self.rank,
+            "flops_convention": FLOPS_CONVENTION,
+            "num_candidates": self.num_candidates,
+            "front": self.front,
+            "excluded": self.excluded,
+            "hypervolume": self.hypervolume,
+            "hypervolume_reference": list(self.reference),
+        })
+        return path
 
 
 def _usable(row: dict[str, Any], column: str = "flops", score: str = "val_acc") -> bool:
@@ -73,6 +91,7 @@ def summarize_front(
     plot: bool = True,
     cost: FrontCost | None = None,
     rank: RankRule | None = None,
+    write_json: bool = True,
 ) -> FrontSummary:
     """Compute the front of ``rows`` (from :data:`RESULT_COLUMNS`) and write its files.
 
@@ -80,7 +99,8 @@ def summarize_front(
     its columns are added to the rows first (latency: ``latency_ms`` and its spread), and a row
     without a finite cost is excluded with the reason. ``rank`` is the score maximised (default
     the validation accuracy; ``blend`` adds a ``rank_score`` column,
-    :mod:`stitchnas.search.rank_rule`)."""
+    :mod:`stitchnas.search.rank_rule`). With ``write_json`` False the caller writes
+    ``pareto.json`` (:meth:`FrontSummary.write_json`) once the run is complete."""
     out_dir = Path(out_dir)
     cost = cost or FLOPS_COST
     rank = rank or RankRule()
@@ -100,18 +120,9 @@ def summarize_front(
     hv = float(hypervolume_2d(values[idx], acc[idx], reference)) if idx else 0.0
     front = [dict(usable[i]) for i in idx]
     summary = FrontSummary(front=front, excluded=excluded, hypervolume=hv, reference=reference,
-                           cost=dict(cost.info), cost_column=column, rank=rank.info())
-    atomic_write_json(out_dir / "pareto.json", {
-        "objectives": {column: "minimize", score: "maximize"},
-        "cost": cost.info,
-        "rank": rank.info(),
-        "flops_convention": FLOPS_CONVENTION,
-        "num_candidates": len(rows),
-        "front": front,
-        "excluded": excluded,
-        "hypervolume": hv,
-        "hypervolume_reference": list(reference),
-    })
+                           cost=dict(cost.info), cost_column=column, rank=rank.info(), num_candidates=len(rows))
+    if write_json:
+        summary.write_json(out_dir)
     if plot and usable:
         from stitchnas.search.plots import plot_pareto
 

@@ -300,7 +300,8 @@ def _reference(method: SearchMethod, task: CandidateTask) -> tuple[float, float]
 
 
 def _score(method: SearchMethod, network: nn.Module, data: DataSplits, out: Path, backend: EvaluationBackend,
-           progress: bool, what: str) -> tuple[list[dict[str, Any]], FrontSummary, CandidateTask]:
+           progress: bool, what: str,
+           write_json: bool = True) -> tuple[list[dict[str, Any]], FrontSummary, CandidateTask]:
     task = method.task(network, data)
     method.open_run(network, task, out)
     table = ResultsTable(out / RESULTS_FILE, RESULT_COLUMNS)
@@ -312,7 +313,7 @@ def _score(method: SearchMethod, network: nn.Module, data: DataSplits, out: Path
     cost = front_cost(method.cost, task, rows, out, method.device, progress)  # latency: measured once, cached
     summary = summarize_front(rows, out, default_candidate=str(task.default_index()),
                               reference=_reference(method, task), title=method.title(network, data, what), cost=cost,
-                              rank=method.rank)
+                              rank=method.rank, write_json=write_json)
     return rows, summary, task
 
 
@@ -338,7 +339,8 @@ def run_search(
     history = method.train(network, TrainContext(data, ckpt, out, resume, progress, on_step))
     network.eval()
     log.info("checkpoint: %s", ckpt)
-    rows, summary, _ = _score(method, network, data, out, backend, progress, method.trained_label())
+    # pareto.json is written last: it marks a finished run (an interrupt during the exports leaves none)
+    rows, summary, _ = _score(method, network, data, out, backend, progress, method.trained_label(), write_json=False)
     exports: list[Path] = []
     if method.export_front:
         _remove_stale_exports(out / EXPORTS_DIR, {method.export_dir_name(network, int(r["candidate"]))
@@ -350,6 +352,7 @@ def run_search(
             exports.append(method.export(folder, network, index, data, provenance, search_val_acc=row["val_acc"]))
             annotate_export(folder, export_cost(summary.cost, summary.cost_column, row), method.rank.export_record(row))
         log.info("exported %d Pareto-optimal models to %s", len(exports), out / EXPORTS_DIR)
+    summary.write_json(out)
     log.info("Pareto front: %s (%d of %d %s)", out / "pareto.json", len(summary.front), len(rows), method.noun)
     return SearchResult(out, rows, summary, exports, history, method=method, run_dir=out)
 
