@@ -253,6 +253,9 @@ def seed_noise(paths: str | Path | Sequence[str | Path]) -> dict[str, Any]:
     repeated = rows.groupby("candidate").filter(lambda g: len(g) > 1).groupby("candidate")["test_acc"]
     ranges = repeated.max() - repeated.min()
     by_seed = rows.pivot_table(index="candidate", columns="seed", values="test_acc")
+    n = int(by_seed.shape[1])
+    # each k once: one seed a side is seed_agreement, half the seeds a side half_agreement
+    agreement = {k: seed_agreement(by_seed) if k == 1 else mean_agreement(by_seed, k) for k in range(1, n // 2 + 1)}
     return {
         "configs": int(len(means)),
         "configs_with_seeds": int(repeated.ngroups),
@@ -260,10 +263,10 @@ def seed_noise(paths: str | Path | Sequence[str | Path]) -> dict[str, Any]:
         "mean_seed_std": float(repeated.std().mean()) if repeated.ngroups else float("nan"),
         "max_seed_range": float(ranges.max()) if repeated.ngroups else float("nan"),
         "mean_seed_range": float(ranges.mean()) if repeated.ngroups else float("nan"),
-        "seed_kendall_tau": seed_agreement(by_seed),
-        "seeds": int(by_seed.shape[1]),
-        "half_kendall_tau": half_agreement(by_seed),
-        "agreement_by_seeds": {k: mean_agreement(by_seed, k) for k in range(1, by_seed.shape[1] // 2 + 1)},
+        "seed_kendall_tau": agreement.get(1, float("nan")),
+        "seeds": n,
+        "half_kendall_tau": agreement.get(n // 2, float("nan")),
+        "agreement_by_seeds": agreement,
     }
 
 
@@ -271,16 +274,7 @@ def seed_agreement(by_seed: pd.DataFrame) -> float:
     """Mean Kendall tau between the rankings two seeds give (over every pair of seeds and the
     configurations both trained; NaN with fewer than two seeds). How well the ground truth
     agrees with itself: a search's tau against it can hardly exceed this by much."""
-    from itertools import combinations
-
-    from stitchnas.studies.ranking import kendall_tau
-
-    taus = []
-    for a, b in combinations(by_seed.columns, 2):
-        both = by_seed[[a, b]].dropna()
-        if len(both) >= 3:
-            taus.append(kendall_tau(both[a].tolist(), both[b].tolist()))
-    return float(sum(taus) / len(taus)) if taus else float("nan")
+    return mean_agreement(by_seed, 1, max_pairs=max(1, math.comb(by_seed.shape[1], 2)))  # every pair
 
 
 def half_agreement(by_seed: pd.DataFrame) -> float:
