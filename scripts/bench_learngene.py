@@ -29,6 +29,7 @@ stitching layers (the teacher is needed for training only; it is also SN-Net's b
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import logging
 import shutil
 import statistics
@@ -52,7 +53,7 @@ from stitchnas.methods import method_from_run
 from stitchnas.methods.learngene import LearngeneDistillRunConfig, LearngenePoolConfig, run_distill
 from stitchnas.search.pareto import hypervolume_2d
 from stitchnas.methods.snnet import StitchSearchConfig
-from benchlib import timed
+from benchlib import add_augment_option, timed
 from stitchnas.core.evaluation import accuracy
 
 
@@ -66,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--student-depth", type=int, default=6)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    add_augment_option(p)
     return p.parse_args(argv)
 
 
@@ -93,6 +95,7 @@ def stitched_stats(rows: list[dict], num_instances: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    train_config = partial(StitchTrainConfig, augment=args.augment)  # every run's recipe
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     start_all, cpu_all = time.perf_counter(), time.process_time()
 
     # 1. the anchor family (reused when already trained with these settings)
-    anchor_train = StitchTrainConfig(epochs=args.anchor_epochs, batch_size=32, lr=3e-3, warmup_epochs=2,
+    anchor_train = train_config(epochs=args.anchor_epochs, batch_size=32, lr=3e-3, warmup_epochs=2,
                                      seed=args.seed)
     train_anchors(AnchorTrainConfig("vit_digits", spec, anchor_train), out / "anchors", resume=True, progress=False)
     anchors = read_json(out / "anchors" / "anchors.json", "anchors manifest")["anchors"]
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out / name, ignore_errors=True)
 
     # 2. SN-Net on the family, distilled from the same teacher
-    joint = StitchTrainConfig(epochs=args.finetune_epochs, batch_size=32, lr=1e-3, distill_weight=0.5,
+    joint = train_config(epochs=args.finetune_epochs, batch_size=32, lr=1e-3, distill_weight=0.5,
                               seed=args.seed)
     snnet_run, snnet_s = timed(stitchnas.run_search, StitchSearchConfig(anchors=tuple(refs), data=spec, train=joint,
                                                                          export_front=False), out / "snnet",
@@ -122,11 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     d = args.student_depth
     students = (StudentSpec("tiny", 32, 2, d), StudentSpec("base", 64, 4, d))
     distill = DistillConfig(students, matches="front_end", alpha=0.1, temperature=1.0,
-                            train=StitchTrainConfig(epochs=args.distill_epochs, batch_size=32, lr=2e-3,
+                            train=train_config(epochs=args.distill_epochs, batch_size=32, lr=2e-3,
                                                     warmup_epochs=2, seed=args.seed))
     distilled, distill_s = timed(run_distill, LearngeneDistillRunConfig(teacher_ref, distill, spec), out / "distill",
                                  progress=False)
-    finetune = StitchTrainConfig(epochs=args.finetune_epochs, batch_size=32, lr=3e-4, anchor_lr_scale=1.0,
+    finetune = train_config(epochs=args.finetune_epochs, batch_size=32, lr=3e-4, anchor_lr_scale=1.0,
                                  distill_weight=0.5, seed=args.seed)
     pool_cfg = LearngenePoolConfig(distill_run=str(out / "distill"), init="matrices", finetune=finetune,
                                    export_front=True)
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     t = anchors[-1]
     lines.append(f"teacher = SN-Net's base anchor {teacher_ref.name}: {t['flops'] / 1e6:.2f} MFLOPs, "
                  f"{t['params']} params, val {t['val_acc']:.2f} / test {t['test_acc']:.2f} %")
-    lines.append(f"anchors ({args.anchor_epochs} epochs each): " + ", ".join(
+    lines.append(f"anchors ({args.anchor_epochs} epochs each, augment {args.augment}): " + ", ".join(
         f"{a['name'].replace('vit_digits_', '')} {a['flops'] / 1e6:.2f} MFLOPs val {a['val_acc']:.2f}"
         for a in anchors))
     m = distilled.manifest

@@ -203,8 +203,8 @@ def metrics(est: np.ndarray, truth: np.ndarray, flops: np.ndarray) -> dict[str, 
             "budget_regret": budget_regret(est, truth, flops)}
 
 
-def search_agreement(folders: list[Path]) -> float:
-    """Mean Kendall tau between the scores two search seeds of one method give (NaN for one
+def search_agreement(folders: list[Path]) -> float | None:
+    """Mean Kendall tau between the scores two search seeds of one method give (None for one
     seed): how reproducible the method's own ranking is."""
     from itertools import combinations
 
@@ -213,7 +213,7 @@ def search_agreement(folders: list[Path]) -> float:
     for a, b in combinations(scores, 2):
         keys = sorted(set(a) & set(b), key=int)
         taus.append(kendall_tau([a[k] for k in keys], [b[k] for k in keys]))
-    return statistics.mean(taus) if taus else float("nan")
+    return statistics.mean(taus) if taus else None
 
 
 @dataclass(frozen=True)
@@ -277,6 +277,8 @@ def main() -> None:
                         help="comma-separated epochs, the last an M=1 run's: also rank by its score averaged over "
                              "supernet snapshots at these epochs (retrains the supernet once; cached); repeatable")
     parser.add_argument("--out", default="runs/bench_ranking", help="root folder: e{epochs}/{m|gm}{M}_s{seed}")
+    parser.add_argument("--summary", type=Path, default=None,
+                        help="where the ranking table's JSON goes (default: OUT/summary.json)")
     parser.add_argument("--search-only", action="store_true", help="run the searches, skip ranking")
     parser.add_argument("--rank-only", action="store_true",
                         help="rank finished search folders (results.csv) without running or resuming searches")
@@ -375,11 +377,12 @@ def main() -> None:
                     per_seed.append(metrics(score if rule is None else blend(score, proxy, rule), truth, flops))
                 mean = {k: statistics.mean(r[k] for r in per_seed) for k in per_seed[0]}
                 taus = ", ".join(f"{r['kendall_tau']:.2f}" for r in per_seed)
-                agreement = search_agreement(folders) if rule is None and source is searched else float("nan")
+                # the search's own seed-to-seed agreement: only for its plain score (a rule has none of its own)
+                agreement = search_agreement(folders) if rule is None and source is searched else None
                 table[label] = {"epochs": method.epochs, "mean": mean, "seeds": per_seed, "search_seed_tau": agreement}
                 print(f"{label:<34} {method.epochs:>6} {mean['kendall_tau']:>7.3f} ({taus:>12}) "
                       f"{mean['spearman_rho']:>6.3f} {mean['top_5_overlap']:>6.2f} {mean['regret']:>7.2f} "
-                      f"{mean['budget_regret']:>13.2f} {agreement:>15.3f}", flush=True)
+                      f"{mean['budget_regret']:>13.2f} {'-' if agreement is None else f'{agreement:.3f}':>15}", flush=True)
     if args.bn_compare:
         print("\nBatchNorm handling, M=1 (the same trained supernets scored both ways; tau / regret):")
         for method in {m for ms in plan.values() for m in ms if m.m == 1}:
@@ -396,8 +399,9 @@ def main() -> None:
                                                             "recalibrate": rr, "batch": rb})
     print("\nBMS paper, Kendall tau on CIFAR-10 (equal total steps): "
           + ", ".join(f"M={m} {tau}" for m, tau in PAPER_TAU.items()))
-    atomic_write_json(root / "summary.json", summary)
-    print(f"\nsummary: {root / 'summary.json'}")
+    summary_path = args.summary or root / "summary.json"
+    atomic_write_json(summary_path, summary)
+    print(f"\nsummary: {summary_path}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ is reported); every other stage reruns.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import logging
 import shutil
 import statistics
@@ -34,7 +35,7 @@ from stitchnas.data import DataSpec, load_data
 from stitchnas.core.io import read_json
 from stitchnas.methods import method_from_run
 from stitchnas.methods.snnet import StitchSearchConfig
-from benchlib import timed
+from benchlib import add_augment_option, timed
 from stitchnas.core.evaluation import accuracy
 
 
@@ -48,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", default="digits", help="embedded data set: digits or cluttered_digits")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these tiny models)")
     p.add_argument("--seed", type=int, default=0)
+    add_augment_option(p)
     return p.parse_args(argv)
 
 
@@ -61,12 +63,13 @@ def scratch_candidates(rows: list[dict], num_anchors: int, k: int) -> list[dict]
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    train_config = partial(StitchTrainConfig, augment=args.augment)  # every run's recipe
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     data_spec = DataSpec(name=args.dataset, input_size=16, seed=args.seed)
     data = load_data(data_spec)
-    anchor_train = StitchTrainConfig(epochs=args.anchor_epochs, batch_size=32, lr=3e-3, warmup_epochs=2,
+    anchor_train = train_config(epochs=args.anchor_epochs, batch_size=32, lr=3e-3, warmup_epochs=2,
                                      seed=args.seed, device="cpu")
     start_all = time.perf_counter()
 
@@ -79,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     # 2. least-squares init only, 3. joint training (fresh run folders every time)
     for name in ("init", "joint"):
         shutil.rmtree(out / name, ignore_errors=True)
-    joint_train = StitchTrainConfig(epochs=args.stitch_epochs, batch_size=32, lr=args.stitch_lr, seed=args.seed,
+    joint_train = train_config(epochs=args.stitch_epochs, batch_size=32, lr=args.stitch_lr, seed=args.seed,
                                     device="cpu")
     base = dict(anchors=tuple(refs), data=data_spec)
-    init_cfg = StitchSearchConfig(**base, train=StitchTrainConfig(epochs=0, seed=args.seed), export_front=False)
+    init_cfg = StitchSearchConfig(**base, train=train_config(epochs=0, seed=args.seed), export_front=False)
     init, init_s = timed(stitchnas.run_search, init_cfg, out / "init", progress=False)
     joint, joint_s = timed(stitchnas.run_search, StitchSearchConfig(**base, train=joint_train), out / "joint",
                            progress=False)
@@ -114,7 +117,7 @@ def report(args, data, manifest, init, joint, joint_s, eval_s, init_s, scratch, 
     lines = []
     anchors = manifest["anchors"]
     n = len(joint.rows)
-    lines.append(f"anchors on {args.dataset} ({args.anchor_epochs} epochs each, AdamW 3e-3, batch 32, "
+    lines.append(f"anchors on {args.dataset} ({args.anchor_epochs} epochs each, AdamW 3e-3, batch 32, augment {args.augment}, "
                  f"search_train {len(data.search_train)} images, search_val {len(data.search_val)})")
     lines.append(f"  {'anchor':<18} {'MFLOPs':>7} {'params':>7} {'val %':>6} {'test %':>6} {'train s':>7}")
     for a in anchors:

@@ -21,6 +21,7 @@ Prints a compact report and writes a markdown snippet (``<out>/BENCH_SNIPPET.md`
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import logging
 import shutil
 import statistics
@@ -41,7 +42,7 @@ from stitchnas.data import DataSpec, load_data
 from stitchnas.core.io import atomic_torch_save, atomic_write_json, file_sha256, read_json
 from stitchnas.search.pareto import hypervolume_2d
 from stitchnas.methods.snnet import StitchSearchConfig
-from benchlib import timed
+from benchlib import add_augment_option, timed
 from stitchnas.core.evaluation import accuracy
 
 PRESETS = ("vit_digits_tiny", "vit_digits_base")
@@ -62,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bins", type=int, default=5, help="equal-width FLOPs bins of the sampling histogram")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these tiny models)")
     p.add_argument("--seed", type=int, default=0)
+    add_augment_option(p)
     return p.parse_args(argv)
 
 
@@ -111,6 +113,7 @@ def run_summary(name: str, cfg: StitchSearchConfig, outcome: Any, seconds: float
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    train_config = partial(StitchTrainConfig, augment=args.augment)  # every run's recipe
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
@@ -118,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     data = load_data(data_spec)
     start_all = time.perf_counter()
 
-    anchor_train = StitchTrainConfig(epochs=args.anchor_epochs, batch_size=32, lr=args.anchor_lr, warmup_epochs=2,
+    anchor_train = train_config(epochs=args.anchor_epochs, batch_size=32, lr=args.anchor_lr, warmup_epochs=2,
                                      seed=args.seed, device="cpu")
     anchors = train_two_anchors(out / "anchors", data_spec, anchor_train)
     refs = tuple(read_anchor_folder(out / "anchors"))
 
-    joint = StitchTrainConfig(epochs=args.stitch_epochs, batch_size=32, lr=args.stitch_lr, seed=args.seed, device="cpu")
+    joint = train_config(epochs=args.stitch_epochs, batch_size=32, lr=args.stitch_lr, seed=args.seed, device="cpu")
     base = dict(anchors=refs, data=data_spec, train=joint)
     runs = {
         "v1": StitchSearchConfig(**base),
@@ -149,7 +152,7 @@ def report(args, data, anchors, runs, summaries, total_s) -> str:
     steps = len(data.search_train) // 32
     lines.append(f"data {args.dataset} 16x16: search_train {len(data.search_train)} images ({steps} steps/epoch), "
                  f"search_val {len(data.search_val)}")
-    lines.append(f"anchors ({args.anchor_epochs} epochs each, AdamW {args.anchor_lr:g}, batch 32)")
+    lines.append(f"anchors ({args.anchor_epochs} epochs each, AdamW {args.anchor_lr:g}, batch 32, augment {args.augment})")
     lines.append(f"  {'anchor':<16} {'MFLOPs':>7} {'params':>7} {'val %':>6} {'test %':>6} {'train s':>7}")
     for a in anchors:
         lines.append(f"  {a['name']:<16} {a['flops'] / 1e6:7.3f} {a['params']:>7} {a['val_acc']:6.2f} "

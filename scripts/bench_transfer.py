@@ -180,7 +180,7 @@ def render_task(classes: tuple[int, ...], canvas: int, seed: int, stream: int) -
     out: dict[str, np.ndarray] = {}
     for split, sources, sub in (("train", train_src, 1), ("test", test_src, 2)):
         mine = sources[np.isin(labels[sources], classes)]
-        x, order = _render(images, mine, config, np.random.default_rng([seed, stream, sub]))
+        x, order = _render(images, mine, config, np.random.default_rng([seed, stream, sub]), config.renders_per_image)
         out[f"x_{split}"] = x
         out[f"y_{split}"] = np.array([remap[int(c)] for c in labels[order]], dtype=np.int64)
         out[f"src_{split}"] = order

@@ -30,3 +30,16 @@ def machine_state() -> str:
     psi = Path("/proc/pressure/cpu")
     some = psi.read_text().splitlines()[0].replace("some ", "") if psi.exists() else "n/a"
     return f"{model}, {os.cpu_count()} CPUs, load average {load}, CPU pressure (PSI some) {some}"
+
+
+def add_augment_option(parser: Any) -> None:
+    """``--augment`` for a benchmark that trains: every training run of the bench uses it.
+
+    The default, ``none``, is the protocol the committed figures were measured with; the CLI's
+    default (``auto``: random crops, plus flips where a mirror keeps the label) changed them,
+    so a bench must not inherit it silently."""
+    from stitchnas.core.training import AUGMENTS
+
+    parser.add_argument("--augment", choices=AUGMENTS, default="none",
+                        help="training augmentation of every run (default none, the protocol of BENCHMARKS.md's "
+                             "figures; the CLI's default is auto)")
