@@ -175,3 +175,13 @@ def test_partial_truth_ranks_the_covered_subset_only_when_asked(bms_run, truth_d
     assert report["num_candidates"] == 4
     assert report["kendall_tau"] == pytest.approx(stats.kendalltau(est, truth).statistic)
     assert report["regret"] == pytest.approx(truth.max() - truth[est.idxmax()])  # within the subset
+
+
+def test_truth_command_with_one_seed_reports_no_nan(tmp_path, capsys):
+    """One seed has no seed noise: the summary line says so instead of printing 'nan'."""
+    from stitchnas.cli import main
+
+    code = main(["truth", "pooling", "--epochs", "1", "--configs", "0;35", "--seeds", "0", "--input-size", "8",
+                 "--no-progress", "--threads", "1", "--out", str(tmp_path / "t")])
+    out = capsys.readouterr().out
+    assert code == 0 and "one seed: no seed noise to report" in out and "nan" not in out.lower()

@@ -80,9 +80,11 @@ def cmd_truth_pooling(args: argparse.Namespace) -> int:
                       seeds=args.seeds, candidates=candidates)
     out = run_ground_truth(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     noise = seed_noise(out)
+    seed_text = (f"mean seed std {noise['mean_seed_std']:.2f}, largest seed range {noise['max_seed_range']:.2f}; "
+                 f"Kendall tau between seeds {noise['seed_kendall_tau']:.3f}" if noise["seeds"] > 1
+                 else "one seed: no seed noise to report")
     print(f"ground truth: {out.resolve() / 'truth.csv'}; spread across configurations {noise['spread']:.2f} points, "
-          f"mean seed std {noise['mean_seed_std']:.2f}, largest seed range {noise['max_seed_range']:.2f}"
-          + (f"; Kendall tau between seeds {noise['seed_kendall_tau']:.3f}" if noise["seeds"] > 1 else ""))
+          + seed_text)
     return 0
 
 
