@@ -158,11 +158,11 @@ def report(args, data, manifest, init, joint, joint_s, eval_s, init_s, scratch, 
 
 def markdown(args, text: str) -> str:
     cmd = (f"python scripts/bench_stitch.py --dataset {args.dataset} --anchor-epochs {args.anchor_epochs} "
-           f"--stitch-epochs {args.stitch_epochs} --scratch {args.scratch} --threads {args.threads}")
+           f"--stitch-epochs {args.stitch_epochs} --scratch {args.scratch} --threads {args.threads} --augment {args.augment}")
     return (
         "## SN-Net stitching on digits (CPU)\n\n"
         f"Command: `{cmd}`  \nMachine: 2-core CPU (shared), torch {torch.__version__}, "
-        f"{args.threads} torch thread(s). Date: 2026-11-23.\n\n```text\n{text}\n```\n"
+        f"{args.threads} torch thread(s). Date: {time.strftime('%Y-%m-%d')}.\n\n```text\n{text}\n```\n"
     )
 
 

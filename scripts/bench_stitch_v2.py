@@ -222,13 +222,13 @@ def _best_in_bins(rows: list[dict[str, Any]], edges: np.ndarray) -> list[str]:
 def markdown(args, text: str) -> str:
     cmd = (f"python scripts/bench_stitch_v2.py --dataset {args.dataset} --anchor-epochs {args.anchor_epochs} "
            f"--anchor-lr {args.anchor_lr:g} "
-           f"--stitch-epochs {args.stitch_epochs} --lora-rank {args.lora_rank} --threads {args.threads}")
+           f"--stitch-epochs {args.stitch_epochs} --lora-rank {args.lora_rank} --threads {args.threads} --augment {args.augment}")
     if args.max_train_samples is not None:
         cmd += f" --max-train-samples {args.max_train_samples}"
     return (
         "## SN-Netv2 vs SN-Net on two digits ViT anchors (CPU)\n\n"
         f"Command: `{cmd}`  \nMachine: 2-core CPU (shared), torch {torch.__version__}, "
-        f"{args.threads} torch thread(s). Date: 2026-11-23.\n\n```text\n{text}\n```\n"
+        f"{args.threads} torch thread(s). Date: {time.strftime('%Y-%m-%d')}.\n\n```text\n{text}\n```\n"
     )
 
 

@@ -54,7 +54,8 @@ def test_bad_input_gets_one_clear_line(capsys, tmp_path, argv, message):
     [
         (["search", "pooling", "--space", "resnet21"], "stitchnas search pooling: error: argument --space: invalid choice: 'resnet21'"),
         (["truth", "pooling", "--epochs", "x"], "stitchnas truth pooling: error: argument --epochs: invalid int value: 'x'"),
-        (["search", "pooling", "--no-such-option"], "stitchnas: error: unrecognized arguments: --no-such-option"),
+        (["search", "pooling", "--no-such-option"],
+         "stitchnas search pooling: error: unrecognized arguments: --no-such-option (see stitchnas search pooling --help)"),
     ],
 )
 def test_option_syntax_errors_are_one_line_too(capsys, argv, message):

@@ -292,9 +292,9 @@ def _rewrite(path: Path, obj: object) -> None:
 
 
 def test_cifar_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="DataSpec.data_dir is required for data set 'cifar10'"):
+    with pytest.raises(ValueError, match=r"DataSpec.data_dir \(--data-dir\) is required for data set 'cifar10'"):
         load_data(DataSpec(name="cifar10"))
-    with pytest.raises(ValueError, match=r"cifar10 data_dir .*absent: folder not found"):
+    with pytest.raises(ValueError, match=r"cifar10 data_dir \(--data-dir\) .*absent: folder not found"):
         load_data(DataSpec(name="cifar10", data_dir=str(tmp_path / "absent")))
     with pytest.raises(ValueError, match=r"expected folder cifar-10-batches-py/ or the file"):
         load_data(DataSpec(name="cifar10", data_dir=str(tmp_path)))
@@ -402,7 +402,7 @@ def test_npz_errors(tmp_path: Path, arrays: dict, message: str) -> None:
 
 
 def test_npz_file_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="DataSpec.data_dir is required for data set 'npz'"):
+    with pytest.raises(ValueError, match=r"DataSpec.data_dir \(--data-dir\) is required for data set 'npz'"):
         load_data(DataSpec(name="npz"))
     with pytest.raises(ValueError, match=r"npz data_dir .*nope.npz: file not found"):
         load_data(DataSpec(name="npz", data_dir=str(tmp_path / "nope.npz")))
@@ -484,7 +484,7 @@ def test_mirror_invariant_option_overrides_the_data_sets_own(tmp_path):
     spec = DataSpec("npz", data_dir=str(path), input_size=8, options={"mirror_invariant": False})
     assert not load_data(spec).train.mirror_invariant
     assert load_data(DataSpec(input_size=8, options={"mirror_invariant": True})).search_train.mirror_invariant
-    with pytest.raises(ValueError, match="^DataSpec.options: mirror_invariant must be true or false, got 'no'$"):
+    with pytest.raises(ValueError, match=r"^DataSpec.options \(--data-option\): mirror_invariant must be true or false, got 'no'$"):
         load_data(DataSpec(input_size=8, options={"mirror_invariant": "no"}))
 
 

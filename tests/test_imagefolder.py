@@ -283,9 +283,9 @@ def test_bad_layouts_are_one_line_naming_the_folder(tmp_path: Path) -> None:
 
 
 def test_bad_data_dir_and_options(tmp_path: Path) -> None:
-    assert "DataSpec.data_dir is required for data set 'imagefolder'" in \
+    assert "DataSpec.data_dir (--data-dir) is required for data set 'imagefolder'" in \
         _one_line_error(DataSpec(name="imagefolder"))
-    assert f"imagefolder data_dir {tmp_path / 'absent'}: folder not found" in \
+    assert f"imagefolder data_dir (--data-dir) {tmp_path / 'absent'}: folder not found" in \
         _one_line_error(spec(tmp_path / "absent"))
     write_folder(tmp_path / "ok", {"a": 3, "b": 3})
     assert "channels must be 1 or 3, got 4" in _one_line_error(spec(tmp_path / "ok", options={"channels": 4}))

@@ -196,7 +196,7 @@ def spy(policy):
     seen["torch_before_apply"] = "torch" in sys.modules
     return original(policy)
 threads.apply = spy
-code = main(["flops", "--space", "resnet20", "--threads", "1", "--json"])
+code = main(["--verbose", "flops", "--space", "resnet20", "--threads", "1", "--json"])  # the choice: a debug line
 import torch
 print(json.dumps({"code": code, **seen, "torch_threads": torch.get_num_threads(),
                   "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "GOMP_SPINCOUNT")}}))
@@ -284,3 +284,19 @@ def test_current_describes_torch_when_nothing_was_applied(monkeypatch):
     monkeypatch.setattr(threads, "_applied", None)
     policy = threads.current()
     assert policy.source == "torch" and policy.num_threads == torch.get_num_threads()
+
+
+def test_bad_input_is_one_stderr_line_and_a_run_logs_its_threads_with_its_folder(tmp_path):
+    """The thread choice is not announced before the options are checked (a bad option gets
+    exactly one line), and a run states its threads where it states its folder."""
+    script = shutil.which("stitchnas", path=str(Path(sys.executable).parent))
+    bad = subprocess.run([script, "search", "pooling", "--dataset", "mnist", "--out", str(tmp_path / "bad")],
+                         capture_output=True, text=True, timeout=300, env=child_env())
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [bad.stderr.strip()] and "--dataset" in bad.stderr and "'mnist'" in bad.stderr
+    good = subprocess.run([script, "truth", "pooling", "--epochs", "1", "--configs", "0", "--seeds", "0",
+                           "--input-size", "8", "--threads", "1", "--no-progress", "--out", str(tmp_path / "t")],
+                          capture_output=True, text=True, timeout=300, env=child_env())
+    assert good.returncode == 0, good.stderr[-2000:]
+    folder_lines = [line for line in good.stderr.splitlines() if "run folder:" in line]
+    assert len(folder_lines) == 1 and "threads: 1 torch thread(s) (from --threads" in folder_lines[0]

@@ -44,10 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_threads(parser: argparse.ArgumentParser) -> None:
     """``--threads`` on every command (the leaves of the sub-command tree), parsed before any
-    command module imports torch."""
+    command module imports torch; each leaf also records itself, so an unknown option is reported
+    by the command it was given to."""
     children = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not children:
         parser.add_argument("--threads", type=threads.parse_threads, default=None, metavar="N", help=THREADS_HELP)
+        parser.set_defaults(command_parser=parser)
         return
     for action in children:
         for child in {id(p): p for p in action.choices.values()}.values():
@@ -56,7 +58,9 @@ def _add_threads(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the command, whose --help lists what it takes
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     threads.configure(getattr(args, "threads", None))  # before any command imports torch

@@ -79,11 +79,11 @@ def prepare_run_dir(out_dir: str | Path, run_config: dict[str, Any], resume: boo
                 f"output folder {out}: --resume needs the options of the original run; differing: {changed}"
             )
         _check_threads(out, previous, threads.current())
-        log.info("resuming run in %s", out)
+        log.info("resuming run in %s; threads: %s", out, threads.current().describe())
         return out
     if out.exists() and any(out.iterdir()) and not resume:
         raise ValueError(f"output folder {out}: exists and is not empty; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(config_path, {**run_config, "threads": threads.current().to_json()})
-    log.info("run folder: %s", out.resolve())
+    log.info("run folder: %s; threads: %s", out.resolve(), threads.current().describe())
     return out

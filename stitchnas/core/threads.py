@@ -302,8 +302,8 @@ def apply(policy: ThreadPolicy) -> ThreadPolicy:
             log.info("threads: torch was imported before the thread policy was applied; %d threads set, but the "
                      "OpenMP wait policy stays as loaded (set %s before importing torch)", policy.num_threads,
                      " ".join(f"{k}={v}" for k, v in policy.wait_env))
-    if policy != _applied:
-        log.info("threads: %s", policy.describe())
+    if policy != _applied:  # debug here: a run logs its threads with its folder (core.runs), after validation
+        log.debug("threads: %s", policy.describe())
     _applied = policy
     return policy
 

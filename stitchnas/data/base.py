@@ -352,13 +352,14 @@ def load_data(spec: DataSpec) -> DataSplits:
         ValueError: One line naming the setting, folder or file at fault.
     """
     if spec.name not in _REGISTRY:
-        raise ValueError(f"DataSpec.name: unknown data set {spec.name!r} "
+        raise ValueError(f"DataSpec.name (--dataset): unknown data set {spec.name!r} "
                          f"(known: {', '.join(sorted(_REGISTRY))})")
     raw = _REGISTRY[spec.name](spec)
     if "mirror_invariant" in spec.options:  # the user knows their labels: e.g. digits in an .npz
         mirror = spec.options["mirror_invariant"]
         if not isinstance(mirror, bool):
-            raise ValueError(f"DataSpec.options: mirror_invariant must be true or false, got {mirror!r}")
+            raise ValueError("DataSpec.options (--data-option): "
+                             f"mirror_invariant must be true or false, got {mirror!r}")
         raw = replace(raw, mirror_invariant=mirror)
     if isinstance(raw.x_train, StreamedImages):
         return _streamed_splits(raw, raw.x_train, spec)
@@ -503,5 +504,5 @@ def reject_options(spec: DataSpec, known: Sequence[str] = ()) -> None:
     known = (*known, *COMMON_OPTIONS)
     unknown = sorted(set(spec.options) - set(known))
     if unknown:
-        raise ValueError(f"DataSpec.options: data set {spec.name!r} does not take {unknown} "
+        raise ValueError(f"DataSpec.options (--data-option): data set {spec.name!r} does not take {unknown} "
                          f"(known options: {sorted(known) or 'none'})")

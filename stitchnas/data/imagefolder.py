@@ -115,16 +115,19 @@ def _options(spec: DataSpec) -> _Options:
     reject_options(spec, _OPTIONS)
     channels = spec.options.get("channels")
     if channels is not None and (not _is_int(channels) or channels not in (1, 3)):
-        raise ValueError(f"DataSpec.options: imagefolder channels must be 1 or 3, got {channels!r}")
+        raise ValueError(f"DataSpec.options (--data-option): imagefolder channels must be 1 or 3, got {channels!r}")
     workers = spec.options.get("workers", 0)
     if not _is_int(workers) or workers < 0:
-        raise ValueError(f"DataSpec.options: imagefolder workers must be an integer >= 0, got {workers!r}")
+        raise ValueError("DataSpec.options (--data-option): "
+                         f"imagefolder workers must be an integer >= 0, got {workers!r}")
     center_crop = spec.options.get("center_crop", False)
     if not isinstance(center_crop, bool):
-        raise ValueError(f"DataSpec.options: imagefolder center_crop must be true or false, got {center_crop!r}")
+        raise ValueError("DataSpec.options (--data-option): "
+                         f"imagefolder center_crop must be true or false, got {center_crop!r}")
     stream = spec.options.get("stream", "auto")
     if not isinstance(stream, bool) and stream != "auto":
-        raise ValueError(f"DataSpec.options: imagefolder stream must be true, false or auto, got {stream!r}")
+        raise ValueError("DataSpec.options (--data-option): "
+                         f"imagefolder stream must be true, false or auto, got {stream!r}")
     return _Options(None if channels is None else int(channels), int(workers), center_crop, stream)
 
 
@@ -375,11 +378,11 @@ def looks_like_image_folder(path: str | Path) -> bool:
 def _load_imagefolder(spec: DataSpec) -> RawData:
     options = _options(spec)
     if spec.data_dir is None:
-        raise ValueError("DataSpec.data_dir is required for data set 'imagefolder' "
+        raise ValueError("DataSpec.data_dir (--data-dir) is required for data set 'imagefolder' "
                          "(expected a folder of class sub-folders of images)")
     root = Path(spec.data_dir).expanduser()
     if not root.is_dir():
-        raise ValueError(f"imagefolder data_dir {root}: folder not found")
+        raise ValueError(f"imagefolder data_dir (--data-dir) {root}: folder not found ({_expected(root)})")
     if (root / "train").is_dir():
         if not (root / "val").is_dir():
             raise ValueError(f"imagefolder {root}: found train/ but no val/ folder next to it "

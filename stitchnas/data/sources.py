@@ -88,7 +88,7 @@ _CIFAR_LAYOUTS = {
 
 def _require_data_dir(spec: DataSpec, expected: str) -> Path:
     if spec.data_dir is None:
-        raise ValueError(f"DataSpec.data_dir is required for data set {spec.name!r} "
+        raise ValueError(f"DataSpec.data_dir (--data-dir) is required for data set {spec.name!r} "
                          f"(expected {expected})")
     return Path(spec.data_dir).expanduser()
 
@@ -142,7 +142,7 @@ def _load_cifar(spec: DataSpec) -> RawData:
     layout = _CIFAR_LAYOUTS[spec.name]
     root = _require_data_dir(spec, f"the folder holding {layout.folder}/")
     if not root.is_dir():
-        raise ValueError(f"{spec.name} data_dir {root}: folder not found")
+        raise ValueError(f"{spec.name} data_dir (--data-dir) {root}: folder not found")
     folder = root / layout.folder
     if not folder.is_dir():
         if not (root / layout.train_files[0]).is_file():
