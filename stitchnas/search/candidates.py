@@ -316,7 +316,10 @@ def score_candidates(table: ResultsTable, task: CandidateTask, candidates: Seque
         each = (time.perf_counter() - start) / len(part) if shared else 0.0
         for index in part:
             _score_row(table, task, index, score, shared, each)
-            bar.update()
+            if not shared:
+                bar.update()
+        if shared:  # one step for the pass: per-row steps microseconds apart show a bogus rate
+            bar.update(len(part))
     bar.close()
 
 
