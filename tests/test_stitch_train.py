@@ -264,3 +264,20 @@ def test_distillation_loss_and_effect(refs, data):
         losses.append(train_network(snnet, data.search_train, cfg, choose=snnet.sample_active, teacher=teacher,
                                     progress=False).epochs[0]["loss"])
     assert math.isfinite(losses[1]) and losses[0] != losses[1]
+
+
+def test_an_anchor_near_chance_is_reported(tmp_path, caplog):
+    """An anchor that learned nothing (one epoch at a learning rate of 1e-9: about 10% on 10
+    classes) gets a warning naming it and the chance level; the run still writes it."""
+    import logging
+
+    cfg = AnchorTrainConfig("vit_digits", DATA, StitchTrainConfig(epochs=1, lr=1e-9, lr_min=0.0, seed=1),
+                            {"depth": 1})
+    with caplog.at_level(logging.WARNING, logger="stitchnas.methods.anchors"):
+        refs = train_anchors(cfg, tmp_path / "a", progress=False)
+    warned = [r.getMessage() for r in caplog.records if "near chance" in r.getMessage()]
+    manifest = json.loads((tmp_path / "a" / MANIFEST_FILE).read_text())
+    below = [a["name"] for a in manifest["anchors"] if a["val_acc"] < 20.0]
+    assert len(refs) == 3 and below and len(warned) == len(below)
+    assert all("(10.0% for 10 classes)" in w for w in warned)
+    assert {w.split(":")[0].removeprefix("anchor ") for w in warned} == set(below)

@@ -78,6 +78,16 @@ def _unchanged(entry: AnchorEntry, weights: Path) -> bool:
     return not entry.sha256 or file_sha256(weights) == entry.sha256.lower()
 
 
+def _warn_if_near_chance(name: str, val_acc: float | None, num_classes: int) -> None:
+    """An anchor under twice the chance accuracy did not learn the task: stitching it gives no
+    useful models, so say so where the run reports it (the files are still written)."""
+    chance = 100.0 / num_classes
+    if val_acc is not None and val_acc < 2 * chance:
+        log.warning("anchor %s: search_val accuracy %.2f%% is near chance (%.1f%% for %d classes): it did not "
+                    "learn the task; retrain it with more --epochs, a lower --lr, or --augment none on small data",
+                    name, val_acc, chance, num_classes)
+
+
 def train_anchors(
     cfg: AnchorTrainConfig,
     out_dir: str | Path,
@@ -140,6 +150,7 @@ def train_anchors(
         atomic_write_json(manifest_path, to_json(manifest))
         ckpt.unlink(missing_ok=True)  # the .pth holds the result; the epoch checkpoint is spent
         log.info("anchor %s: val %.2f%%, test %.2f%% -> %s", preset, entry.val_acc, entry.test_acc, weights)
+        _warn_if_near_chance(preset, entry.val_acc, data.num_classes)
     manifest = replace(manifest, anchors=tuple(entries))
     atomic_write_json(manifest_path, to_json(manifest))
     log.info("anchors manifest: %s", manifest_path.resolve())
