@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. the anchor family (reused when already trained with these settings)
     anchor_train = train_config(epochs=args.anchor_epochs, batch_size=32, lr=3e-3, warmup_epochs=2,
-                                     seed=args.seed)
+                                seed=args.seed)
     train_anchors(AnchorTrainConfig("vit_digits", spec, anchor_train), out / "anchors", resume=True, progress=False)
     anchors = read_json(out / "anchors" / "anchors.json", "anchors manifest")["anchors"]
     refs = read_anchor_folder(out / "anchors")
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. SN-Net on the family, distilled from the same teacher
     joint = train_config(epochs=args.finetune_epochs, batch_size=32, lr=1e-3, distill_weight=0.5,
-                              seed=args.seed)
+                         seed=args.seed)
     snnet_run, snnet_s = timed(stitchnas.run_search, StitchSearchConfig(anchors=tuple(refs), data=spec, train=joint,
                                                                          export_front=False), out / "snnet",
                                progress=False)
@@ -126,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     students = (StudentSpec("tiny", 32, 2, d), StudentSpec("base", 64, 4, d))
     distill = DistillConfig(students, matches="front_end", alpha=0.1, temperature=1.0,
                             train=train_config(epochs=args.distill_epochs, batch_size=32, lr=2e-3,
-                                                    warmup_epochs=2, seed=args.seed))
+                                               warmup_epochs=2, seed=args.seed))
     distilled, distill_s = timed(run_distill, LearngeneDistillRunConfig(teacher_ref, distill, spec), out / "distill",
                                  progress=False)
     finetune = train_config(epochs=args.finetune_epochs, batch_size=32, lr=3e-4, anchor_lr_scale=1.0,
-                                 distill_weight=0.5, seed=args.seed)
+                            distill_weight=0.5, seed=args.seed)
     pool_cfg = LearngenePoolConfig(distill_run=str(out / "distill"), init="matrices", finetune=finetune,
                                    export_front=True)
     pool_run, pool_s = timed(stitchnas.run_search, pool_cfg, out / "pool", progress=False)

@@ -379,10 +379,11 @@ def main() -> None:
                 taus = ", ".join(f"{r['kendall_tau']:.2f}" for r in per_seed)
                 # the search's own seed-to-seed agreement: only for its plain score (a rule has none of its own)
                 agreement = search_agreement(folders) if rule is None and source is searched else None
+                agreement_text = "-" if agreement is None else f"{agreement:.3f}"
                 table[label] = {"epochs": method.epochs, "mean": mean, "seeds": per_seed, "search_seed_tau": agreement}
                 print(f"{label:<34} {method.epochs:>6} {mean['kendall_tau']:>7.3f} ({taus:>12}) "
                       f"{mean['spearman_rho']:>6.3f} {mean['top_5_overlap']:>6.2f} {mean['regret']:>7.2f} "
-                      f"{mean['budget_regret']:>13.2f} {'-' if agreement is None else f'{agreement:.3f}':>15}", flush=True)
+                      f"{mean['budget_regret']:>13.2f} {agreement_text:>15}", flush=True)
     if args.bn_compare:
         print("\nBatchNorm handling, M=1 (the same trained supernets scored both ways; tau / regret):")
         for method in {m for ms in plan.values() for m in ms if m.m == 1}:

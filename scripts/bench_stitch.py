@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     data_spec = DataSpec(name=args.dataset, input_size=16, seed=args.seed)
     data = load_data(data_spec)
     anchor_train = train_config(epochs=args.anchor_epochs, batch_size=32, lr=3e-3, warmup_epochs=2,
-                                     seed=args.seed, device="cpu")
+                                seed=args.seed, device="cpu")
     start_all = time.perf_counter()
 
     # 1. anchors (reused if already trained with the same settings)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("init", "joint"):
         shutil.rmtree(out / name, ignore_errors=True)
     joint_train = train_config(epochs=args.stitch_epochs, batch_size=32, lr=args.stitch_lr, seed=args.seed,
-                                    device="cpu")
+                               device="cpu")
     base = dict(anchors=tuple(refs), data=data_spec)
     init_cfg = StitchSearchConfig(**base, train=train_config(epochs=0, seed=args.seed), export_front=False)
     init, init_s = timed(stitchnas.run_search, init_cfg, out / "init", progress=False)
@@ -117,7 +117,8 @@ def report(args, data, manifest, init, joint, joint_s, eval_s, init_s, scratch, 
     lines = []
     anchors = manifest["anchors"]
     n = len(joint.rows)
-    lines.append(f"anchors on {args.dataset} ({args.anchor_epochs} epochs each, AdamW 3e-3, batch 32, augment {args.augment}, "
+    lines.append(f"anchors on {args.dataset} ({args.anchor_epochs} epochs each, AdamW 3e-3, batch 32, "
+                 f"augment {args.augment}, "
                  f"search_train {len(data.search_train)} images, search_val {len(data.search_val)})")
     lines.append(f"  {'anchor':<18} {'MFLOPs':>7} {'params':>7} {'val %':>6} {'test %':>6} {'train s':>7}")
     for a in anchors:
@@ -158,7 +159,8 @@ def report(args, data, manifest, init, joint, joint_s, eval_s, init_s, scratch, 
 
 def markdown(args, text: str) -> str:
     cmd = (f"python scripts/bench_stitch.py --dataset {args.dataset} --anchor-epochs {args.anchor_epochs} "
-           f"--stitch-epochs {args.stitch_epochs} --scratch {args.scratch} --threads {args.threads} --augment {args.augment}")
+           f"--stitch-epochs {args.stitch_epochs} --scratch {args.scratch} --threads {args.threads} "
+           f"--augment {args.augment}")
     return (
         "## SN-Net stitching on digits (CPU)\n\n"
         f"Command: `{cmd}`  \nMachine: 2-core CPU (shared), torch {torch.__version__}, "

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     start_all = time.perf_counter()
 
     anchor_train = train_config(epochs=args.anchor_epochs, batch_size=32, lr=args.anchor_lr, warmup_epochs=2,
-                                     seed=args.seed, device="cpu")
+                                seed=args.seed, device="cpu")
     anchors = train_two_anchors(out / "anchors", data_spec, anchor_train)
     refs = tuple(read_anchor_folder(out / "anchors"))
 
@@ -152,7 +152,8 @@ def report(args, data, anchors, runs, summaries, total_s) -> str:
     steps = len(data.search_train) // 32
     lines.append(f"data {args.dataset} 16x16: search_train {len(data.search_train)} images ({steps} steps/epoch), "
                  f"search_val {len(data.search_val)}")
-    lines.append(f"anchors ({args.anchor_epochs} epochs each, AdamW {args.anchor_lr:g}, batch 32, augment {args.augment})")
+    lines.append(f"anchors ({args.anchor_epochs} epochs each, AdamW {args.anchor_lr:g}, batch 32, "
+                 f"augment {args.augment})")
     lines.append(f"  {'anchor':<16} {'MFLOPs':>7} {'params':>7} {'val %':>6} {'test %':>6} {'train s':>7}")
     for a in anchors:
         lines.append(f"  {a['name']:<16} {a['flops'] / 1e6:7.3f} {a['params']:>7} {a['val_acc']:6.2f} "
@@ -222,7 +223,8 @@ def _best_in_bins(rows: list[dict[str, Any]], edges: np.ndarray) -> list[str]:
 def markdown(args, text: str) -> str:
     cmd = (f"python scripts/bench_stitch_v2.py --dataset {args.dataset} --anchor-epochs {args.anchor_epochs} "
            f"--anchor-lr {args.anchor_lr:g} "
-           f"--stitch-epochs {args.stitch_epochs} --lora-rank {args.lora_rank} --threads {args.threads} --augment {args.augment}")
+           f"--stitch-epochs {args.stitch_epochs} --lora-rank {args.lora_rank} --threads {args.threads} "
+           f"--augment {args.augment}")
     if args.max_train_samples is not None:
         cmd += f" --max-train-samples {args.max_train_samples}"
     return (

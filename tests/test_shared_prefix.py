@@ -282,8 +282,8 @@ def test_progress_advances_by_the_shared_pass_and_per_candidate_otherwise(poolin
     space, supernet, data = pooling
     task = PoolingTask(space, data, supernet, EvalConfig(calib_batches=2, batch_size=64))
     columns = list(task.row(0)) + ["val_acc", "status", "error", "seconds"]
-    score_candidates(ResultsTable(tmp_path / "a.csv", columns), task, [30, 2, 11, 5, 7], task.evaluator().prepare("cpu"),
-                     chunk=3)
+    scorer = task.evaluator().prepare("cpu")
+    score_candidates(ResultsTable(tmp_path / "a.csv", columns), task, [30, 2, 11, 5, 7], scorer, chunk=3)
     assert steps == [3, 2]
     steps.clear()
     supernet_nan = build_supernet(space, ModelSpec(data.in_chans, data.num_classes))
